@@ -1,0 +1,163 @@
+import io
+import json
+import logging
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from datamodules import CorruptSampleError, ImageCaptionDataModule, ManifestDataset, ShapesWorldConfig, WebDatasetSource
+from datamodules.shapesworld import generate_sample, write_shards
+
+
+def _tokenizer(texts):
+    return torch.tensor([[len(t)] for t in texts])
+
+
+def _connect(dm):
+    to_tensor = lambda image: torch.tensor(list(image.getdata()), dtype=torch.float32).T.reshape(3, *image.size)  # noqa: E731
+    dm.connect(tokenizer=_tokenizer, train_transform=to_tensor, eval_transform=to_tensor)
+    return dm
+
+
+def _png(color=(255, 0, 0), size=8):
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _manifest(tmp_path, rows, name="manifest.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_webdataset_write_read_round_trip(tmp_path):
+    write_shards(tmp_path, n=10, split="val", image_size=32, shard_size=4)
+    dm = _connect(
+        ImageCaptionDataModule(
+            source="webdataset", val=str(tmp_path / "shapesworld-val-{000000..000002}.tar"), batch_size=4, num_workers=0
+        )
+    )
+    batches = list(dm.retrieval_dataloader("val"))
+    keys = [k for b in batches for k in b["key"]]
+    captions = [c for b in batches for c in b["captions"]]
+    assert keys == [f"val-{i:08d}" for i in range(10)]
+    expected = [generate_sample(i, split="val", image_size=32) for i in range(10)]
+    assert captions == [e["captions"] for e in expected]
+    first = torch.tensor(list(expected[0]["image"].getdata()), dtype=torch.float32).T.reshape(3, 32, 32)
+    assert torch.equal(batches[0]["image"][0], first)
+
+
+def test_manifest_groups_captions_and_tokenises(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "b.png").write_bytes(_png((0, 0, 255)))
+    rows = [
+        {"image": "a.png", "caption": "red"},
+        {"image": "b.png", "captions": ["blue", "a blue square"]},
+        {"image": "a.png", "caption": "a red square"},
+    ]
+    dataset = ManifestDataset(_manifest(tmp_path, rows))
+    assert [r["captions"] for r in dataset.records] == [["red", "a red square"], ["blue", "a blue square"]]
+    dm = _connect(
+        ImageCaptionDataModule(source="manifest", train=str(tmp_path / "manifest.json"), batch_size=2, num_workers=0)
+    )
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 8, 8)
+    assert [c in caps for c, caps in zip(batch["caption"], batch["captions"])] == [True, True]
+    assert batch["text"].squeeze(1).tolist() == [len(c) for c in batch["caption"]]
+
+
+def test_csv_manifest(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "m.csv").write_text("image,caption\na.png,one\na.png,two\n")
+    assert ManifestDataset(tmp_path / "m.csv").records[0]["captions"] == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ({"image": "a.png"}, "expected a list"),
+        ([{"caption": "no image"}], "record 0: needs 'image'"),
+        (
+            [{"image": "a.png", "caption": "ok"}, {"image": "b.png", "caption": "   "}],
+            "record 1 (key b.png): empty caption",
+        ),
+        ([{"image": "a.png", "captions": "not a list"}], "'captions' must be a list"),
+    ],
+)
+def test_bad_manifest_names_file_and_record(tmp_path, rows, message):
+    path = _manifest(tmp_path, rows)
+    with pytest.raises(CorruptSampleError, match="manifest .*manifest.json") as error:
+        ManifestDataset(path)
+    assert message in str(error.value)
+
+
+def test_unparseable_manifest(tmp_path):
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(CorruptSampleError, match="m.json: cannot parse"):
+        ManifestDataset(tmp_path / "m.json")
+
+
+def test_corrupt_and_missing_images_raise_with_path_and_key(tmp_path):
+    (tmp_path / "bad.png").write_bytes(_png()[:30])  # truncated
+    path = _manifest(
+        tmp_path, [{"image": "bad.png", "caption": "x", "key": "k1"}, {"image": "gone.png", "caption": "y"}]
+    )
+    dataset = ManifestDataset(path)
+    with pytest.raises(CorruptSampleError, match=r"bad.png \(key k1\): cannot read image"):
+        dataset[0]
+    with pytest.raises(CorruptSampleError, match=r"gone.png \(key gone.png\): cannot read image"):
+        dataset[1]
+
+
+def test_skip_corrupt_skips_and_counts(tmp_path, caplog):
+    (tmp_path / "ok.png").write_bytes(_png())
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    rows = [
+        {"image": "ok.png", "caption": "fine"},
+        {"image": "bad.png", "caption": "broken"},
+        {"image": "ok2.png", "caption": ""},
+    ]
+    dm = _connect(
+        ImageCaptionDataModule(
+            source="manifest", val=str(_manifest(tmp_path, rows)), batch_size=4, num_workers=0, skip_corrupt=True
+        )
+    )
+    with caplog.at_level(logging.WARNING):
+        batches = list(dm.val_dataloader())
+    assert [b["key"] for b in batches] == [["ok.png"]]
+    assert "empty caption" in caplog.text and "bad.png" in caplog.text
+    assert "2 skipped so far" in caplog.text
+
+
+def test_corrupt_webdataset_sample_names_shard_and_key(tmp_path):
+    shard = str(tmp_path / "bad-000000.tar")
+    with wds.TarWriter(shard) as sink:
+        sink.write({"__key__": "good", "png": _png(), "txt": "a red square"})
+        sink.write({"__key__": "broken", "png": b"garbage", "txt": "oops"})
+        sink.write({"__key__": "nocap", "png": _png()})
+    with pytest.raises(CorruptSampleError, match=r"bad-000000.tar \(key broken\): cannot read image"):
+        list(WebDatasetSource(shard))
+    source = WebDatasetSource(shard, skip_corrupt=True)
+    assert [r["key"] for r in source] == ["good"]
+    assert source.skipped.count == 2
+
+
+def test_unconnected_datamodule_says_what_to_do():
+    dm = ImageCaptionDataModule(shapesworld=ShapesWorldConfig(n_train=4))
+    with pytest.raises(RuntimeError, match="connect"):
+        dm.train_dataloader()
+
+
+def test_shapesworld_batches_are_reproducible():
+    def first_batch():
+        dm = _connect(
+            ImageCaptionDataModule(batch_size=4, num_workers=0, shapesworld=ShapesWorldConfig(n_val=8, image_size=16))
+        )
+        return next(iter(dm.val_dataloader()))
+
+    a, b = first_batch(), first_batch()
+    assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"]
+    assert a["caption"] == [generate_sample(i, split="val", image_size=16)["captions"][0] for i in range(4)]

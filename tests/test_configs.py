@@ -1,0 +1,49 @@
+"""Every YAML under configs/ runs fit and test through LightningCLI on CPU (found by glob, not by a list)."""
+
+from pathlib import Path
+
+import pytest
+
+import train
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_configs_are_found():
+    assert ROOT / "configs" / "clip.yaml" in CONFIGS
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_config_fits_and_tests(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # logs, checkpoints and generated benchmarks stay in tmp_path
+    common = ["--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)]
+    cli = train.main(["fit", *common])
+    assert cli.trainer.state.finished
+    assert "train/loss" in cli.trainer.callback_metrics
+    assert any(k.startswith("val/retrieval/") for k in cli.trainer.callback_metrics)
+    cli = train.main(["test", *common])
+    assert cli.trainer.state.finished
+    assert "test/loss" in cli.trainer.callback_metrics
+
+
+def test_command_line_overrides_reach_the_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = train.main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "clip.yaml"),
+            "--trainer.fast_dev_run",
+            "true",
+            "--model.init_args.lr",
+            "1e-4",
+            "--data.init_args.batch_size",
+            "8",
+        ]
+    )
+    assert cli.model.hparams.lr == 1e-4
+    assert cli.datamodule.batch_size == 8
+    assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(1e-4)

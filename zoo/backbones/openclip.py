@@ -1,0 +1,185 @@
+"""open_clip two-tower backbone with the zoo's conventions settled once.
+
+* ``logit_scale`` is a shape-``[1]`` Parameter (open_clip's ``nonscalar_logit_scale``): FSDP and
+  DeepSpeed refuse 0-d parameters. Exports reshape it back to open_clip's 0-d layout.
+* The temperature is clamped at 100 in place after each optimiser step, as open_clip's trainer does.
+* Dense features (per patch / per token, projected into the joint space) come from open_clip's
+  public ``forward_intermediates`` in the same forward pass as the pooled embeddings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.model import get_model_preprocess_cfg, set_model_preprocess_cfg
+from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+from torch import nn
+
+MAX_LOGIT_SCALE = 100.0
+
+
+def _tokenizer_from_cfg(model_cfg: dict[str, Any]) -> Callable:
+    text_cfg = model_cfg.get("text_cfg", {})
+    context_length = text_cfg.get("context_length", 77)
+    if "hf_tokenizer_name" in text_cfg:
+        return open_clip.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length)
+    return open_clip.SimpleTokenizer(context_length=context_length)
+
+
+def _model_from_cfg(model_cfg: dict[str, Any], pretrained: str | None) -> nn.Module:
+    cfg = copy.deepcopy(model_cfg)
+    if "vision_cfg" not in cfg or "text_cfg" not in cfg or "embed_dim" not in cfg:
+        raise ValueError(
+            "model_cfg must be an open_clip model config with 'embed_dim', 'vision_cfg' and "
+            f"'text_cfg' (see open_clip/model_configs/*.json); got keys {sorted(cfg)}"
+        )
+    model_class = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
+    model = model_class(**cfg, nonscalar_logit_scale=True)
+    if pretrained is not None:
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(f"pretrained checkpoint {pretrained!r} for a custom model_cfg is not a file")
+        open_clip.load_checkpoint(model, pretrained)
+    preprocess = merge_preprocess_dict(PreprocessCfg(), {"size": model.visual.image_size})
+    set_model_preprocess_cfg(model, preprocess)
+    return model
+
+
+class OpenCLIPBackbone(nn.Module):
+    """An open_clip CLIP model plus its tokenizer and image transforms.
+
+    Args:
+        model_name: open_clip model name (``"ViT-B-32"``), ``"local-dir:/path"`` or ``"hf-hub:org/repo"``.
+            With ``model_cfg`` it is only a label (used as the exported config's name).
+        pretrained: open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``) or a checkpoint file.
+        model_cfg: a custom open_clip architecture dict (``embed_dim``, ``vision_cfg``, ``text_cfg``,
+            optional ``quick_gelu``), so tiny models are built offline.
+        lock_image: freeze the image tower (LiT).
+        lock_text: freeze the text tower.
+        grad_checkpointing: activation checkpointing in both towers.
+        cache_dir: where open_clip caches downloaded weights.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "ViT-B-32",
+        pretrained: str | None = None,
+        model_cfg: dict[str, Any] | None = None,
+        lock_image: bool = False,
+        lock_text: bool = False,
+        grad_checkpointing: bool = False,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        if model_cfg is not None:
+            self.model = _model_from_cfg(model_cfg, pretrained)
+            self.model_cfg = copy.deepcopy(model_cfg)
+            self.tokenizer = _tokenizer_from_cfg(model_cfg)
+        else:
+            self.model = open_clip.create_model(
+                model_name, pretrained=pretrained, nonscalar_logit_scale=True, cache_dir=cache_dir
+            )
+            self.model_cfg = open_clip.get_model_config(model_name)
+            self.tokenizer = open_clip.get_tokenizer(model_name)
+        if lock_image:
+            self.model.lock_image_tower()
+        if lock_text:
+            self.model.lock_text_tower()
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+
+    # ----------------------------------------------------------------------------------- data
+    def image_transform(self, train: bool) -> Callable:
+        """open_clip's train (random resized crop) or eval (resize + centre crop) transform."""
+        return image_transform_v2(PreprocessCfg(**get_model_preprocess_cfg(self.model)), is_train=train)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``[N, context_length]`` on the backbone's device."""
+        return self.tokenizer(texts).to(self.model.logit_scale.device)
+
+    # -------------------------------------------------------------------------------- encoders
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The temperature ``s = exp(t)``, shape ``[1]``."""
+        return self.model.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp ``t`` to [0, ln 100] in place (call after each optimiser step)."""
+        self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Pooled image embeddings ``[B, D]``."""
+        return self.model.encode_image(images, normalize=normalize)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Pooled text embeddings ``[N, D]`` from token ids."""
+        return self.model.encode_text(tokens, normalize=normalize)
+
+    def encode_dense(
+        self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Pooled and per-position embeddings in one forward.
+
+        Returns (for the inputs given): ``image_features`` [B, D] and ``text_features`` [N, D]
+        (L2-normalised), ``patch_features`` [B, P, D] (last layer after ``ln_post``, CLS dropped,
+        projected by the visual projection) and ``token_features`` [N, L, D] (every position after
+        ``ln_final``, projected by the text projection; not normalised).
+        """
+        out = self.model.forward_intermediates(
+            image=images,
+            text=tokens,
+            image_indices=1,
+            text_indices=1,
+            normalize=True,
+            normalize_intermediates=True,
+            image_output_fmt="NLC",
+        )
+        dense = {}
+        if images is not None:
+            dense["image_features"] = out["image_features"]
+            dense["patch_features"] = _project(out["image_intermediates"][-1], self.model.visual.proj)
+        if tokens is not None:
+            text_tower = getattr(self.model, "text", self.model)
+            dense["text_features"] = out["text_features"]
+            dense["token_features"] = _project(out["text_intermediates"][-1], text_tower.text_projection)
+        return dense
+
+    # ---------------------------------------------------------------------------------- export
+    def open_clip_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict in open_clip's own layout (0-d ``logit_scale``)."""
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        for key in ("logit_scale", "logit_bias"):
+            if key in state:
+                state[key] = state[key].reshape(())
+        return state
+
+    def export_open_clip(self, out_dir: str | Path) -> Path:
+        """Write ``open_clip_config.json`` + ``open_clip_pytorch_model.bin`` to ``out_dir``.
+
+        Load it back with ``open_clip.create_model("local-dir:" + out_dir)``, or, for a built-in
+        architecture, ``open_clip.create_model(name, pretrained=<the .bin file>)``.
+        Returns the weights file.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"model_cfg": self.model_cfg, "preprocess_cfg": get_model_preprocess_cfg(self.model)}
+        (out / "open_clip_config.json").write_text(json.dumps(config, indent=2, default=list))
+        weights = out / "open_clip_pytorch_model.bin"
+        torch.save(self.open_clip_state_dict(), weights)
+        return weights
+
+
+def _project(x: torch.Tensor, projection: nn.Module | torch.Tensor | None) -> torch.Tensor:
+    if projection is None:
+        return x
+    if isinstance(projection, nn.Module):
+        return projection(x)
+    return x @ projection

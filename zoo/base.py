@@ -1,0 +1,107 @@
+"""The shared LightningModule base: optimiser recipe, LR schedule and loss logging."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+NO_DECAY_MARKERS = ("bias", "ln", "norm", "bn", "embedding", "logit_scale", "logit_bias")
+
+
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """open_clip's rule plus embeddings: no decay for <2-d tensors, norms, biases, embeddings, temperature."""
+    return param.ndim < 2 or any(marker in name for marker in NO_DECAY_MARKERS)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup from 0 to 1 over ``warmup_steps``, then cosine to ``min_lr_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ZooModule(LightningModule):
+    """Base of every method: AdamW with no-decay groups and a warmup + cosine (or constant) schedule.
+
+    Subclasses implement :meth:`losses` (batch → dict of named ``*_loss`` terms); the base logs
+    every term and optimises their sum.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW decoupled weight decay for matrices (not biases, norms, embeddings, temperature).
+        betas: AdamW betas (CLIP: 0.9, 0.98).
+        eps: AdamW epsilon (CLIP: 1e-6).
+        warmup_steps: linear warmup length in optimiser steps.
+        lr_schedule: ``"cosine"`` decays to ``min_lr_ratio * lr`` at the last step; ``"constant"`` stays at ``lr``.
+        min_lr_ratio: final LR as a fraction of ``lr`` for the cosine schedule.
+    """
+
+    def __init__(
+        self,
+        lr: float = 5e-4,
+        weight_decay: float = 0.2,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        warmup_steps: int = 0,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(
+                f"invalid optimiser settings: lr={lr}, weight_decay={weight_decay}, "
+                f"warmup_steps={warmup_steps}, min_lr_ratio={min_lr_ratio}"
+            )
+        self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+        self.warmup_steps = warmup_steps
+        self.lr_schedule = lr_schedule
+        self.min_lr_ratio = min_lr_ratio
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Named loss terms for a batch; the optimised total is their sum."""
+        raise NotImplementedError
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        terms = self.losses(batch)
+        total = torch.stack(list(terms.values())).sum()
+        batch_size = len(batch["image"])
+        sync = stage != "train"
+        self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=batch_size, sync_dist=sync)
+        self.log(f"{stage}/loss", total, prog_bar=True, batch_size=batch_size, sync_dist=sync)
+        return total
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters split into weight-decay and no-decay groups."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if no_weight_decay(name, param) else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": self.optim_args["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameter_groups(), **self.optim_args)
+        if self.lr_schedule == "constant":
+            return {"optimizer": optimizer}
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, self.warmup_steps, total_steps, self.min_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,87 @@
+"""CLIP (Radford et al., 2021): symmetric contrastive image-text training over an open_clip backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.backbones import OpenCLIPBackbone
+from zoo.base import ZooModule
+from zoo.losses import contrastive_loss
+
+
+class CLIP(ZooModule):
+    """Contrastive image-text model.
+
+    Public API: :meth:`encode_image`, :meth:`encode_text` (token ids or strings), :meth:`similarity`,
+    :meth:`export_open_clip`; ``CLIP.load_from_checkpoint(path)`` needs nothing but this package.
+
+    Args:
+        model_name, pretrained, model_cfg, lock_image, lock_text, grad_checkpointing:
+            see :class:`zoo.backbones.OpenCLIPBackbone`.
+        **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (``lr``, ``weight_decay``, ...).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "ViT-B-32",
+        pretrained: str | None = None,
+        model_cfg: dict[str, Any] | None = None,
+        lock_image: bool = False,
+        lock_text: bool = False,
+        grad_checkpointing: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        self.backbone = OpenCLIPBackbone(
+            model_name=model_name,
+            pretrained=pretrained,
+            model_cfg=model_cfg,
+            lock_image=lock_image,
+            lock_text=lock_text,
+            grad_checkpointing=grad_checkpointing,
+        )
+
+    # ------------------------------------------------------------------------------ public API
+    def data_transforms(self) -> dict[str, Callable]:
+        """What a data module's ``connect`` needs: tokenizer and train / eval image transforms."""
+        return {
+            "tokenizer": self.backbone.tokenizer,
+            "train_transform": self.backbone.image_transform(train=True),
+            "eval_transform": self.backbone.image_transform(train=False),
+        }
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings ``[B, D]`` (L2-normalised by default)."""
+        return self.backbone.encode_image(images, normalize=normalize)
+
+    def encode_text(self, texts: torch.Tensor | list[str], normalize: bool = True) -> torch.Tensor:
+        """Text embeddings ``[N, D]`` from token ids or raw strings (tokenised with the backbone's tokenizer)."""
+        tokens = self.backbone.tokenize(texts) if isinstance(texts, (list, tuple)) else texts
+        return self.backbone.encode_text(tokens, normalize=normalize)
+
+    def similarity(self, images: torch.Tensor, texts: torch.Tensor | list[str]) -> torch.Tensor:
+        """Cosine similarities ``[B, N]`` between images and texts."""
+        return self.encode_image(images) @ self.encode_text(texts).T
+
+    def export_open_clip(self, out_dir: str | Path) -> Path:
+        """Export to an open_clip ``local-dir:`` folder; returns the weights file."""
+        return self.backbone.export_open_clip(out_dir)
+
+    # -------------------------------------------------------------------------------- training
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image_features = self.backbone.encode_image(batch["image"])
+        text_features = self.backbone.encode_text(batch["text"])
+        return contrastive_loss(image_features, text_features, self.backbone.logit_scale)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.backbone.clamp_logit_scale_()
+        self.log("train/logit_scale", self.backbone.logit_scale.item())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The weights are in the checkpoint: loading it elsewhere must not fetch the pretrained tag again.
+        checkpoint["hyper_parameters"]["pretrained"] = None
