@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
 
@@ -60,11 +61,16 @@ class EpochEndEvaluation(Callback):
         """Evaluate; return the metrics to log as ``{"metrics": {name: float}, ...anything else}``."""
         raise NotImplementedError
 
+    def summary(self, result: dict[str, Any]) -> str:
+        """One printed line of results (percentages)."""
+        return ", ".join(f"{metric} {100 * value:.1f}%" for metric, value in result["metrics"].items())
+
     def _evaluate_and_log(self, trainer: Trainer, model: LightningModule, stage: str) -> None:
         with trainer.strategy.precision_plugin.forward_context():
             result = self.run(trainer, model, stage)
         for metric, value in result["metrics"].items():
             model.log(f"{stage}/{self.name}/{metric}", value, rank_zero_only=True)
+        rank_zero_info(f"{stage} {self.name} (epoch {trainer.current_epoch}): {self.summary(result)}")
         if trainer.is_global_zero and trainer.log_dir is not None:
             out = Path(trainer.log_dir) / self.name / f"{stage}-epoch{trainer.current_epoch}.json"
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,12 @@ class RetrievalEvaluation(EpochEndEvaluation):
             "n_captions": len(flat),
         }
 
+    def summary(self, result: dict[str, Any]) -> str:
+        return ", ".join(
+            f"{metric} {100 * value:.1f}% (chance {100 * result['chance'][metric]:.1f}%)"
+            for metric, value in result["metrics"].items()
+        )
+
     def run(self, trainer: Trainer, model: LightningModule, stage: str) -> dict[str, Any]:
         loader = trainer.datamodule.retrieval_dataloader(stage)
         return self.evaluate(trainer, model, itertools.islice(loader, self.max_batches(trainer)))

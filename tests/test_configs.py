@@ -17,16 +17,17 @@ def test_configs_are_found():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_config_fits_and_tests(config, tmp_path, monkeypatch):
+def test_config_fits_validates_and_tests(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # logs, checkpoints and generated benchmarks stay in tmp_path
     common = ["--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)]
     cli = train.main(["fit", *common])
     assert cli.trainer.state.finished
     assert "train/loss" in cli.trainer.callback_metrics
     assert any(k.startswith("val/retrieval/") for k in cli.trainer.callback_metrics)
-    cli = train.main(["test", *common])
-    assert cli.trainer.state.finished
-    assert "test/loss" in cli.trainer.callback_metrics
+    for subcommand in ("validate", "test"):
+        cli = train.main([subcommand, *common])
+        assert cli.trainer.state.finished
+        assert f"{'val' if subcommand == 'validate' else 'test'}/loss" in cli.trainer.callback_metrics
 
 
 def test_command_line_overrides_reach_the_model(tmp_path, monkeypatch):

@@ -159,3 +159,17 @@ def test_open_clip_export_round_trip(tiny_clip, tmp_path):
     # and back into the zoo from the exported file
     again = zoo.CLIP(model_name="t", model_cfg=tiny_clip.hparams.model_cfg, pretrained=str(weights))
     assert torch.equal(again.encode_image(images), tiny_clip.encode_image(images))
+
+
+def test_gradient_checkpointing_keeps_loss_and_gradients(tiny_cfg):
+    images = torch.randn(4, 3, 32, 32)
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = zoo.CLIP(model_name="t", model_cfg=tiny_cfg, grad_checkpointing=checkpointing)
+        tokens = model.backbone.tokenize(["a", "b c", "d e f", "g"])
+        loss = model.losses({"image": images, "text": tokens})["contrastive_loss"]
+        loss.backward()
+        results.append((loss.detach(), model.backbone.model.visual.conv1.weight.grad.clone()))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
