@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +11,12 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from datamodules.hard_negatives import NegativeCaptions
+from datamodules.samples import CaptionCollator, EpochIndexSampler, SampleRecipe, Samples, StreamSamples
 from datamodules.shapesworld import ShapesWorld, write_compositional_benchmark
 from datamodules.sources import ManifestDataset, WebDatasetSource
 
 Split = Literal["train", "val", "test"]
-CaptionChoice = Literal["random", "first"] | None
 
 
 @dataclass
@@ -31,73 +31,20 @@ class ShapesWorldConfig:
     max_objects: int = 4
 
 
-class Transformed(Dataset):
-    """Applies the image transform to map-style records and picks the caption to tokenise:
-    ``"random"`` (a fresh one each epoch; seeded workers make it reproducible), ``"first"``, or ``None``."""
-
-    def __init__(self, records: Dataset, transform: Callable, pick_caption: CaptionChoice) -> None:
-        self.records, self.transform, self.pick_caption = records, transform, pick_caption
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        return _transform(self.records[index], self.transform, self.pick_caption)
-
-
-class TransformedStream(IterableDataset):
-    """The streaming counterpart of :class:`Transformed`, for webdataset shards."""
-
-    def __init__(self, records: IterableDataset, transform: Callable, pick_caption: CaptionChoice) -> None:
-        self.records, self.transform, self.pick_caption = records, transform, pick_caption
-
-    def __iter__(self):
-        for record in self.records:
-            yield _transform(record, self.transform, self.pick_caption)
-
-
-def _transform(
-    record: dict[str, Any] | None, transform: Callable, pick_caption: CaptionChoice
-) -> dict[str, Any] | None:
-    if record is None:  # a skipped corrupt sample
-        return None
-    sample = {"key": record["key"], "image": transform(record["image"]), "captions": record["captions"]}
-    if pick_caption == "random":
-        sample["caption"] = random.choice(record["captions"])
-    elif pick_caption == "first":
-        sample["caption"] = record["captions"][0]
-    return sample
-
-
-class CaptionCollator:
-    """Stacks images and tokenises one caption per image (training) or keeps all captions (retrieval)."""
-
-    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor] | None) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
-        samples = [s for s in samples if s is not None]
-        batch: dict[str, Any] = {
-            "key": [s["key"] for s in samples],
-            "image": torch.stack([s["image"] for s in samples]),
-            "captions": [s["captions"] for s in samples],
-        }
-        if self.tokenizer is not None:
-            batch["caption"] = [s["caption"] for s in samples]
-            batch["text"] = self.tokenizer(batch["caption"])
-        return batch
-
-
 class ImageCaptionDataModule(LightningDataModule):
     """Image-caption pairs from ShapesWorld (default), webdataset shards or a manifest.
 
     Batches: ``image`` [B, 3, H, W], ``text`` token ids [B, L], ``caption`` (the sampled caption),
-    ``captions`` (all captions of each image) and ``key``. The model's tokenizer and transforms come in
-    through :meth:`connect` (``train.py`` calls it); tokenisation happens in the collate function.
+    ``captions`` (all captions of each image), ``image_id`` [B] and ``key``; with hard negatives also
+    ``negatives`` [B, K, L] token ids, ``negative_mask`` [B, K] and ``negative_captions``. The model's
+    tokenizer and transforms come in through :meth:`connect` (``train.py`` calls it); tokenisation
+    happens in the collate function. Caption choice and hard negatives are functions of
+    (seed, epoch, sample index): reproducible whatever the number of workers, new every epoch.
 
     Args:
         source: ``"shapesworld"``, ``"webdataset"`` (``train``/``val``/``test`` are shard URLs, brace
-            patterns allowed) or ``"manifest"`` (they are JSON / JSON-lines / CSV manifest paths).
+            patterns allowed) or ``"manifest"`` (JSON / JSON-lines / CSV manifest paths, or NegCLIP's
+            ``.tsv`` with precomputed negatives and hard images).
         train, val, test: paths per split (ignored for ShapesWorld).
         batch_size: training batch size per device; also used for evaluation unless ``eval_batch_size``.
         num_workers: dataloader workers (persistent, pinned memory).
@@ -105,6 +52,11 @@ class ImageCaptionDataModule(LightningDataModule):
         shuffle_buffer: webdataset sample shuffle buffer for training.
         shapesworld: ShapesWorld sizes and rendering.
         benchmark_dir: where the ShapesWorld compositional benchmark is written (default ``data/shapesworld``).
+        hard_negatives: hard-negative generators for training and validation batches, e.g.
+            ``[negclip, replace, bigram_shuffle]`` (rule-based), ShapesWorld's exact types
+            (``swap_attribute``, ...) or ``precomputed`` (NegCLIP TSV); one negative per generator.
+        hard_images: attach each sample's hard image (NegCLIP: a neighbour with its caption and negatives).
+        seed: seed of the per-sample caption choice and hard negatives.
     """
 
     def __init__(
@@ -120,6 +72,9 @@ class ImageCaptionDataModule(LightningDataModule):
         shuffle_buffer: int = 1000,
         shapesworld: ShapesWorldConfig = ShapesWorldConfig(),
         benchmark_dir: str = "data/shapesworld",
+        hard_negatives: list[str] | None = None,
+        hard_images: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if source != "shapesworld" and train is None and val is None and test is None:
@@ -134,6 +89,10 @@ class ImageCaptionDataModule(LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.shapesworld = shapesworld
         self.benchmark_dir = Path(benchmark_dir)
+        self.hard_negatives = list(hard_negatives or [])
+        self.hard_images = hard_images
+        self.seed = seed
+        self._negatives: NegativeCaptions | None = None
         self.tokenizer: Callable | None = None
         self.transforms: dict[str, Callable] = {}
 
@@ -161,6 +120,12 @@ class ImageCaptionDataModule(LightningDataModule):
         return self.source == "shapesworld" or self.paths[split] is not None
 
     # ----------------------------------------------------------------------------- dataloaders
+    def negative_captions(self) -> NegativeCaptions | None:
+        """The hard-negative generators (built once, on first use)."""
+        if self.hard_negatives and self._negatives is None:
+            self._negatives = NegativeCaptions(self.hard_negatives, seed=self.seed)
+        return self._negatives
+
     def _loader(self, split: Split, train: bool, tokenize: bool) -> DataLoader:
         if self.tokenizer is None:
             raise RuntimeError(
@@ -168,15 +133,22 @@ class ImageCaptionDataModule(LightningDataModule):
                 "datamodule.connect(**model.data_transforms()) first (train.py does this)"
             )
         records = self.records(split)
-        transform = self.transforms["train" if train else "eval"]
+        recipe = SampleRecipe(
+            transform=self.transforms["train" if train else "eval"],
+            caption=("random" if train else "first") if tokenize else None,
+            negatives=self.negative_captions() if tokenize else None,
+            hard_images=self.hard_images and train,
+            seed=self.seed,
+        )
         streaming = isinstance(records, IterableDataset)
-        pick_caption = ("random" if train else "first") if tokenize else None
-        dataset = (TransformedStream if streaming else Transformed)(records, transform, pick_caption)
+        dataset = StreamSamples(records, recipe) if streaming else Samples(records, recipe)
+        # drop_last in training: equal batches on every rank for the gathered contrastive loss
+        sampler = None if streaming else EpochIndexSampler(dataset, shuffle=train, seed=self.seed, drop_last=train)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and not streaming,
-            drop_last=train,  # equal batches on every rank for the gathered contrastive loss
+            sampler=sampler,
+            drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -8,6 +8,7 @@ was built with ``skip_corrupt=True``, in which case the sample is skipped and co
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -94,28 +95,71 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     return list(records.values())
 
 
+def read_negclip_tsv(path: str | Path) -> list[dict[str, Any]]:
+    """Read NegCLIP's training TSV: columns ``title`` (caption), ``filepath``, ``neg_caption`` (a Python
+    list literal of hard-negative captions) and ``neg_image`` (a list literal of row indices: the hard
+    images). One record per row, as NegCLIP trains; rows of the same image share an ``image_id``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"NegCLIP TSV {path} does not exist")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    required = {"title", "filepath", "neg_caption", "neg_image"}
+    if not rows or not required <= set(rows[0]):
+        raise CorruptSampleError(
+            f"NegCLIP TSV {path}: needs columns {sorted(required)}, got {sorted(rows[0]) if rows else 'no rows'}"
+        )
+    image_ids: dict[str, int] = {}
+    records = []
+    for i, row in enumerate(rows):
+        where = f"NegCLIP TSV {path}, row {i}"
+        try:
+            negatives, neighbours = ast.literal_eval(row["neg_caption"]), ast.literal_eval(row["neg_image"])
+        except (ValueError, SyntaxError) as error:
+            raise CorruptSampleError(f"{where}: neg_caption / neg_image are not list literals ({error})") from error
+        if not all(isinstance(n, int) and 0 <= n < len(rows) for n in neighbours):
+            raise CorruptSampleError(f"{where}: neg_image must list row indices in [0, {len(rows)}), got {neighbours}")
+        image = Path(row["filepath"]) if Path(row["filepath"]).is_absolute() else path.parent / row["filepath"]
+        records.append(
+            {
+                "key": f"{path.name}:{i}",
+                "image": image,
+                "captions": [row["title"]],
+                "negative_captions": [str(n) for n in negatives],
+                "neighbours": neighbours,
+                "image_id": image_ids.setdefault(str(image), len(image_ids)),
+                "where": where,
+            }
+        )
+    return records
+
+
 class ManifestDataset(Dataset):
-    """Map-style records from a manifest; images are read lazily."""
+    """Map-style records from a manifest (JSON / JSON-lines / CSV, or NegCLIP's ``.tsv``); images are read lazily."""
 
     def __init__(self, path: str | Path, skip_corrupt: bool = False) -> None:
         self.path = Path(path)
         self.skip_corrupt = skip_corrupt
         self.skipped = SkipCounter()
         self.records = []
-        for record in read_manifest(path):
+        for record in read_negclip_tsv(path) if self.path.suffix == ".tsv" else read_manifest(path):
             try:
                 record["captions"] = check_captions(record["captions"], f"{record['where']} (key {record['key']})")
-                self.records.append(record)
             except CorruptSampleError as error:
                 if not skip_corrupt:
                     raise
                 self.skipped.skip(error)
+                record = None  # keep positions: NegCLIP's neg_image refers to rows by index
+            self.records.append(record)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         record = self.records[index]
+        if record is None:
+            return None
         try:
             image = open_image(record["image"], f"{record['image']} (key {record['key']})")
         except CorruptSampleError as error:
@@ -123,7 +167,7 @@ class ManifestDataset(Dataset):
                 raise
             self.skipped.skip(error)
             return None
-        return {"key": record["key"], "image": image, "captions": record["captions"]}
+        return {**{k: v for k, v in record.items() if k != "where"}, "image": image}
 
 
 def decode_webdataset_sample(sample: dict[str, Any]) -> dict[str, Any]:

@@ -2,5 +2,6 @@
 
 from zoo.base import ZooModule
 from zoo.clip import CLIP
+from zoo.negclip import NegCLIP
 
-__all__ = ["CLIP", "ZooModule"]
+__all__ = ["CLIP", "NegCLIP", "ZooModule"]

@@ -9,35 +9,45 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from zoo.losses import contrastive_loss
+from zoo.losses import contrastive_loss, negclip_loss
 
-B, D_IN, D = 4, 12, 8
+B, K, D_IN, D = 4, 2, 12, 8
 
 
 def _problem():
     torch.manual_seed(0)  # identical data and towers in every process
-    images, texts = torch.randn(2 * B, D_IN), torch.randn(2 * B, D_IN)
+    data = {
+        "images": torch.randn(2 * B, D_IN),
+        "texts": torch.randn(2 * B, D_IN),
+        "negatives": torch.randn(2 * B, K, D_IN),
+        "mask": torch.rand(2 * B, K) > 0.3,
+        "ids": torch.tensor([0, 1, 2, 3, 0, 5, 6, 3]),  # images 0 and 3 appear on both ranks
+    }
     image_tower, text_tower = torch.nn.Linear(D_IN, D), torch.nn.Linear(D_IN, D)
     logit_scale = torch.nn.Parameter(torch.tensor([2.0]))
-    return images, texts, [image_tower, text_tower, logit_scale]
+    return data, [image_tower, text_tower, logit_scale]
 
 
-def _loss_and_grads(images, texts, params):
+def _loss_and_grads(loss_name, data, params):
     image_tower, text_tower, logit_scale = params
-    loss = contrastive_loss(
-        F.normalize(image_tower(images), dim=-1), F.normalize(text_tower(texts), dim=-1), logit_scale.exp()
-    )["contrastive_loss"]
+    images = F.normalize(image_tower(data["images"]), dim=-1)
+    texts = F.normalize(text_tower(data["texts"]), dim=-1)
+    if loss_name == "clip":
+        loss = contrastive_loss(images, texts, logit_scale.exp())["contrastive_loss"]
+    else:
+        negatives = F.normalize(text_tower(data["negatives"]), dim=-1)
+        loss = negclip_loss(images, texts, negatives, data["mask"], logit_scale.exp(), data["ids"])["negclip_loss"]
     loss.backward()
     grads = [p.grad for m in params[:2] for p in m.parameters()] + [logit_scale.grad]
     return loss.detach(), grads
 
 
-def _worker(rank, port, out_dir):
+def _worker(rank, loss_name, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    images, texts, params = _problem()
-    rows = slice(rank * B, (rank + 1) * B)
-    loss, grads = _loss_and_grads(images[rows], texts[rows], params)
+    data, params = _problem()
+    local = {k: v[rank * B : (rank + 1) * B] for k, v in data.items()}
+    loss, grads = _loss_and_grads(loss_name, local, params)
     for grad in grads:  # what DDP does with the gradients
         dist.all_reduce(grad)
         grad /= 2
@@ -52,10 +62,11 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    images, texts, params = _problem()
-    loss, grads = _loss_and_grads(images, texts, params)
+@pytest.mark.parametrize("loss_name", ["clip", "negclip"])
+def test_two_processes_equal_one(loss_name, tmp_path):
+    mp.spawn(_worker, args=(loss_name, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    data, params = _problem()
+    loss, grads = _loss_and_grads(loss_name, data, params)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt")
         assert torch.allclose(result["loss"], loss, atol=1e-6)

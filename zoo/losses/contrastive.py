@@ -1,17 +1,28 @@
-"""Contrastive image-text losses."""
+"""Contrastive image-text losses: CLIP and NegCLIP, over the global batch."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from zoo.losses.distributed import gather_with_grad
+from zoo.losses.distributed import gather, gather_with_grad
+
+
+def _same_image_mask(image_ids: torch.Tensor | None, n_columns: int) -> torch.Tensor | None:
+    """[N, n_columns] True where column j < N is another caption of row i's image (a false negative)."""
+    if image_ids is None:
+        return None
+    ids = gather(image_ids)
+    same = ids[:, None] == ids[None, :]
+    same.fill_diagonal_(False)
+    return F.pad(same, (0, n_columns - len(ids)), value=False)
 
 
 def contrastive_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: torch.Tensor,
+    image_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Symmetric InfoNCE of CLIP (Radford et al., 2021, Fig. 3 pseudo-code).
 
@@ -22,13 +33,57 @@ def contrastive_loss(
         image_features: L2-normalised image embeddings ``[B, D]`` of this rank.
         text_features: L2-normalised text embeddings ``[B, D]``; row i pairs with image i.
         logit_scale: the temperature ``s = exp(t)`` (0-d or shape ``[1]``), already clamped.
+        image_ids: optional ``[B]`` image identities; another caption of the same image is then not
+            used as a negative (its logit is removed from both softmaxes).
 
     Returns:
         ``{"contrastive_loss": scalar}``.
     """
+    return negclip_loss(image_features, text_features, None, None, logit_scale, image_ids, "contrastive_loss")
+
+
+def negclip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    negative_features: torch.Tensor | None,
+    negative_mask: torch.Tensor | None,
+    logit_scale: torch.Tensor,
+    image_ids: torch.Tensor | None = None,
+    name: str = "negclip_loss",
+) -> dict[str, torch.Tensor]:
+    """NegCLIP (Yuksekgonul et al., ICLR 2023, Sec. 4): CLIP with hard-negative captions.
+
+    Image→text cross-entropy runs over all texts of the global batch, the N originals followed by
+    the N·K hard negatives; text→image runs over the N originals only:
+    L = ½ [CE(s·V·[T; T̃]ᵀ, I) + CE(s·T·Vᵀ, I)]. Invalid negatives (``negative_mask`` False) get a
+    logit of −∞, so they contribute nothing to the loss or its gradient.
+
+    Args:
+        image_features, text_features: L2-normalised ``[B, D]`` of this rank, row i pairs with image i.
+        negative_features: L2-normalised ``[B, K, D]`` hard negatives of each caption, or None.
+        negative_mask: ``[B, K]`` bool, True where the negative exists.
+        logit_scale: the temperature ``s = exp(t)``, already clamped.
+        image_ids: optional ``[B]`` image identities (see :func:`contrastive_loss`).
+
+    Returns:
+        ``{name: scalar}``.
+    """
     images = gather_with_grad(image_features)
     texts = gather_with_grad(text_features)
-    logits = logit_scale * images @ texts.T
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-    return {"contrastive_loss": loss}
+    candidates, column_valid = texts, None
+    if negative_features is not None:
+        negatives = gather_with_grad(negative_features).flatten(0, 1)
+        candidates = torch.cat([texts, negatives])
+        valid = gather(negative_mask.to(torch.uint8)).flatten().bool()
+        column_valid = torch.cat([torch.ones(len(texts), dtype=torch.bool, device=valid.device), valid])
+    logits_per_image = logit_scale * images @ candidates.T
+    logits_per_text = logit_scale * texts @ images.T
+    if column_valid is not None:
+        logits_per_image = logits_per_image.masked_fill(~column_valid[None, :], float("-inf"))
+    false_negatives = _same_image_mask(image_ids, logits_per_image.shape[1])
+    if false_negatives is not None:
+        logits_per_image = logits_per_image.masked_fill(false_negatives, float("-inf"))
+        logits_per_text = logits_per_text.masked_fill(false_negatives[:, : len(images)], float("-inf"))
+    labels = torch.arange(len(images), device=images.device)
+    loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return {name: loss}

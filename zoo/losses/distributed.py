@@ -32,3 +32,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` [B, ...] from every rank along dim 0, without gradients (masks, ids)."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

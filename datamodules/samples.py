@@ -1,0 +1,140 @@
+"""From records to training / evaluation samples: transform, caption choice, hard negatives, collate."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset
+
+from datamodules.hard_negatives import NegativeCaptions, sample_rng
+
+
+@dataclass
+class SampleRecipe:
+    """How a record becomes a sample.
+
+    Attributes:
+        transform: the image transform.
+        caption: ``"random"`` (a fresh caption each epoch, seeded by (seed, epoch, index)),
+            ``"first"`` or ``None`` (keep all captions only, for retrieval).
+        negatives: hard-negative captions to add, or None.
+        hard_images: also attach the record's neighbour (NegCLIP's hard images).
+        seed: seed of the per-sample RNGs.
+    """
+
+    transform: Callable
+    caption: Literal["random", "first"] | None
+    negatives: NegativeCaptions | None = None
+    hard_images: bool = False
+    seed: int = 0
+
+    def build(self, records: Any, record: dict | None, index: int, epoch: int, neighbour: bool) -> dict | None:
+        """The sample of ``record`` (number ``index`` of ``records``) in ``epoch``."""
+        if record is None:  # a skipped corrupt sample
+            return None
+        sample = {
+            "key": record["key"],
+            "image": self.transform(record["image"]),
+            "captions": record["captions"],
+            "image_id": record.get("image_id", index),
+        }
+        if self.caption is None:
+            return sample
+        if self.caption == "first" or (self.negatives is not None and self.negatives.needs_primary_caption):
+            sample["caption"] = record["captions"][0]
+        else:
+            sample["caption"] = sample_rng(self.seed, epoch, index, "caption").choice(record["captions"])
+        if self.negatives is not None:
+            sample["negatives"] = self.negatives(record, sample["caption"], index, epoch)
+        if self.hard_images and neighbour:
+            choices = record.get("neighbours")
+            if not choices:
+                raise ValueError(f"hard_images needs neighbours for every record; {record['key']} has none")
+            other = sample_rng(self.seed, epoch, index, "neighbour").choice(choices)
+            sample["neighbour"] = self.build(records, records[other], other, epoch, neighbour=False)
+        return sample
+
+
+class Samples(Dataset):
+    """Map-style samples; indices may be ``(epoch, index)`` pairs from :class:`EpochIndexSampler`."""
+
+    def __init__(self, records: Dataset, recipe: SampleRecipe) -> None:
+        self.records, self.recipe = records, recipe
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        return self.recipe.build(self.records, self.records[index], index, epoch, neighbour=True)
+
+
+class StreamSamples(IterableDataset):
+    """Streaming samples (webdataset): the sample key stands in for the index; each pass is an epoch."""
+
+    def __init__(self, records: IterableDataset, recipe: SampleRecipe) -> None:
+        self.records, self.recipe = records, recipe
+        self.epoch = -1
+
+    def __iter__(self) -> Iterator[dict[str, Any] | None]:
+        self.epoch += 1
+        for record in self.records:
+            index = zlib.crc32(record["key"].encode()) if record is not None else 0
+            yield self.recipe.build(None, record, index, self.epoch, neighbour=False)
+
+
+class EpochIndexSampler(DistributedSampler):
+    """A DistributedSampler that yields ``(epoch, index)``: the workers learn the epoch with every
+    index, so per-sample randomness (caption choice, hard negatives) is a function of
+    (seed, epoch, index) alone, whatever the number of workers. Lightning calls ``set_epoch``."""
+
+    def __init__(self, dataset: Dataset, shuffle: bool, seed: int, drop_last: bool = False) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, index) for index in super().__iter__())
+
+
+class CaptionCollator:
+    """Stacks images; tokenises the chosen captions and hard negatives (``[B, K, L]`` + ``[B, K]`` mask).
+
+    With hard images, the neighbours follow the B originals: 2B images, captions and negatives.
+    """
+
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor] | None) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
+        samples = [s for s in samples if s is not None]
+        samples += [s["neighbour"] for s in samples if s.get("neighbour") is not None]
+        batch: dict[str, Any] = {
+            "key": [s["key"] for s in samples],
+            "image": torch.stack([s["image"] for s in samples]),
+            "captions": [s["captions"] for s in samples],
+            "image_id": torch.tensor([s["image_id"] for s in samples]),
+        }
+        if self.tokenizer is None:
+            return batch
+        batch["caption"] = [s["caption"] for s in samples]
+        batch["text"] = self.tokenizer(batch["caption"])
+        if "negatives" in samples[0]:
+            negatives = [s["negatives"] for s in samples]
+            batch["negative_captions"] = negatives
+            batch["negative_mask"] = torch.tensor([[n is not None for n in row] for row in negatives])
+            tokens = self.tokenizer([n or "" for row in negatives for n in row])
+            batch["negatives"] = tokens.view(len(samples), len(negatives[0]), -1)
+        return batch
