@@ -3,8 +3,15 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vlzoo-installed
+WORDNET_DIR ?= /usr/share/wordnet
+# root installs Debian packages directly; anyone else through sudo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install clean
+.PHONY: demo test install system-deps clean
+
+# WordNet 3.0 database files for the text engine's `replace` and `synonym` generators
+system-deps:
+	@test -f $(WORDNET_DIR)/data.noun || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wordnet-base; }
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,12 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: system-deps $(STAMP)
 
-demo: $(STAMP)
+demo: system-deps $(STAMP)
 	$(PY) train.py fit --config configs/clip.yaml
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	$(PY) -m pytest -q
 
 clean:

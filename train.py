@@ -22,7 +22,8 @@ class ZooCLI(LightningCLI):
             self.datamodule.connect(**self.model.data_transforms())
 
 
-def main(args: list[str] | None = None) -> ZooCLI:
+def main(args: list[str] | None = None, run: bool = True) -> ZooCLI:
+    """Run the CLI (``run=False``: only build model, data and trainer from the config)."""
     return ZooCLI(
         LightningModule,
         LightningDataModule,
@@ -34,6 +35,7 @@ def main(args: list[str] | None = None) -> ZooCLI:
         },
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 

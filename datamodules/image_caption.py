@@ -12,6 +12,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datamodules.hard_negatives import NegativeCaptions
+from datamodules.neighbours import WithNeighbours, read_neighbour_table
 from datamodules.samples import CaptionCollator, EpochIndexSampler, SampleRecipe, Samples, StreamSamples
 from datamodules.shapesworld import ShapesWorld, write_compositional_benchmark
 from datamodules.sources import ManifestDataset, WebDatasetSource
@@ -56,6 +57,8 @@ class ImageCaptionDataModule(LightningDataModule):
             ``[negclip, replace, bigram_shuffle]`` (rule-based), ShapesWorld's exact types
             (``swap_attribute``, ...) or ``precomputed`` (NegCLIP TSV); one negative per generator.
         hard_images: attach each sample's hard image (NegCLIP: a neighbour with its caption and negatives).
+        neighbours: a neighbour table for the training split (``python -m datamodules.neighbours``),
+            for sources without NegCLIP's ``neg_image`` column.
         seed: seed of the per-sample caption choice and hard negatives.
     """
 
@@ -74,6 +77,7 @@ class ImageCaptionDataModule(LightningDataModule):
         benchmark_dir: str = "data/shapesworld",
         hard_negatives: list[str] | None = None,
         hard_images: bool = False,
+        neighbours: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -91,6 +95,7 @@ class ImageCaptionDataModule(LightningDataModule):
         self.benchmark_dir = Path(benchmark_dir)
         self.hard_negatives = list(hard_negatives or [])
         self.hard_images = hard_images
+        self.neighbours = neighbours
         self.seed = seed
         self._negatives: NegativeCaptions | None = None
         self.tokenizer: Callable | None = None
@@ -103,7 +108,15 @@ class ImageCaptionDataModule(LightningDataModule):
 
     # --------------------------------------------------------------------------------- records
     def records(self, split: Split) -> Dataset | IterableDataset:
-        """Untransformed records ``{"key", "image": PIL, "captions"}`` of a split."""
+        """Untransformed records ``{"key", "image": PIL, "captions", ...}`` of a split."""
+        records = self._source_records(split)
+        if split == "train" and self.neighbours is not None:
+            if isinstance(records, IterableDataset):
+                raise ValueError("a neighbour table needs a map-style source (shapesworld or manifest)")
+            records = WithNeighbours(records, read_neighbour_table(self.neighbours, len(records)))
+        return records
+
+    def _source_records(self, split: Split) -> Dataset | IterableDataset:
         if self.source == "shapesworld":
             cfg = self.shapesworld
             n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
