@@ -2,11 +2,27 @@
 
 from callbacks.compositionality import CompositionalityEvaluation, multiple_choice_accuracy
 from callbacks.retrieval import RetrievalEvaluation, retrieval_chance, retrieval_recall
+from callbacks.suite import EvaluationSuite, evaluate_suite, load_benchmarks
+from callbacks.zero_shot import (
+    class_embeddings,
+    classification_metrics,
+    evaluate_zero_shot,
+    format_prompt,
+    zero_shot_logits,
+)
 
 __all__ = [
     "CompositionalityEvaluation",
+    "EvaluationSuite",
     "RetrievalEvaluation",
+    "class_embeddings",
+    "classification_metrics",
+    "evaluate_suite",
+    "evaluate_zero_shot",
+    "format_prompt",
+    "load_benchmarks",
     "multiple_choice_accuracy",
     "retrieval_chance",
     "retrieval_recall",
+    "zero_shot_logits",
 ]

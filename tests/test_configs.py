@@ -48,3 +48,11 @@ def test_command_line_overrides_reach_the_model(tmp_path, monkeypatch):
     assert cli.model.hparams.lr == 1e-4
     assert cli.datamodule.batch_size == 8
     assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.stem)
+def test_eval_configs_stack_on_clip(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(ROOT / "configs" / "clip.yaml"), "--config", str(config)]
+    cli = train.main(["validate", *args, "--trainer.fast_dev_run", "true"])
+    assert any(k.startswith("val/suite/shapesworld/") for k in cli.trainer.callback_metrics)

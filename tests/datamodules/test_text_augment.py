@@ -38,7 +38,9 @@ SURF = "A man riding a wave on top of a surfboard."
 DOGS = "two dogs are playing with a frisbee in the grass"
 SHAPES = "a large red square above a small blue circle"
 CAPTIONS = [
-    SURF, DOGS, SHAPES,
+    SURF,
+    DOGS,
+    SHAPES,
     "A woman standing next to a piano in front of a window",
     "A black and white dog sitting on a red couch.",
     "A man looking at a plate of food on a table.",
@@ -67,8 +69,13 @@ PINNED = [
     ("conjunct_swap", "the black cat and the carpeted floor", 0, "the carpeted floor and the black cat"),
     ("conjunct_swap", "A bowl of soup and a sandwich on a plate.", 1, "A sandwich and a bowl of soup on a plate."),
 ]
-SWAPS_AND_SHUFFLES = ["negclip", "bigram_shuffle", "shuffle_nouns_and_adj", "shuffle_allbut_nouns_and_adj",
-                      "conjunct_swap"]
+SWAPS_AND_SHUFFLES = [
+    "negclip",
+    "bigram_shuffle",
+    "shuffle_nouns_and_adj",
+    "shuffle_allbut_nouns_and_adj",
+    "conjunct_swap",
+]
 
 
 def _words(text: str) -> list[str]:
@@ -120,7 +127,7 @@ def test_trigram_shuffles_keep_the_nltk_tokens(name):
         out = eng(SURF, 0, 0)[0].split(" ")
         tokens = aro_word_tokenize(SURF)
         for start in range(0, len(tokens), 3):
-            assert sorted(out[start:start + 3]) == sorted(tokens[start:start + 3])
+            assert sorted(out[start : start + 3]) == sorted(tokens[start : start + 3])
 
 
 def _replacements(caption: str, out: str, old_len: int = 1) -> list[tuple[int, str, str]]:
@@ -130,8 +137,8 @@ def _replacements(caption: str, out: str, old_len: int = 1) -> list[tuple[int, s
     found = []
     for p in range(len(before) - old_len + 1):
         s = len(before) - old_len - p
-        if before[:p] == after[:p] and before[len(before) - s:] == after[len(after) - s:] and len(after) - s > p:
-            found.append((p, " ".join(before[p:p + old_len]), " ".join(after[p:len(after) - s])))
+        if before[:p] == after[:p] and before[len(before) - s :] == after[len(after) - s :] and len(after) - s > p:
+            found.append((p, " ".join(before[p : p + old_len]), " ".join(after[p : len(after) - s])))
     return found
 
 
@@ -157,8 +164,10 @@ def test_replace_changes_exactly_one_word_or_preposition():
                 elif a.pos[i] == "ADP":
                     ok.append(new in prepositions and new != old)
             for old_len in (2, 3, 4):  # a complex preposition replaced as a whole
-                ok += [old in PHRASAL_PREPOSITIONS | prepositions and new in prepositions
-                       for _, old, new in _replacements(caption, out, old_len)]
+                ok += [
+                    old in PHRASAL_PREPOSITIONS | prepositions and new in prepositions
+                    for _, old, new in _replacements(caption, out, old_len)
+                ]
             assert any(ok), (caption, out)
     assert seen >= 30
 
@@ -197,7 +206,8 @@ def test_synonym_changes_one_word_for_a_synonym():
         assert out is not None
         found = _replacements(caption, out) + [
             (i + 1, old.split()[1], new.split(" ", 1)[1])  # "a man" -> "an adult male": article agrees
-            for i, old, new in _replacements(caption, out, 2) if old.split()[0].lower() in ("a", "an")
+            for i, old, new in _replacements(caption, out, 2)
+            if old.split()[0].lower() in ("a", "an")
         ]
         a = default_analyzer()(caption)
         ok = []
@@ -219,7 +229,7 @@ def test_bigram_shuffle_groups_and_final_punctuation():
     body = out[:-1].split(" ")
     rebuilt, i = [], 0
     while i < len(body):
-        pair = " ".join(body[i:i + 2])
+        pair = " ".join(body[i : i + 2])
         if pair in groups:
             rebuilt.append(pair)
             i += 2
@@ -262,7 +272,11 @@ def test_determinism_in_a_fresh_interpreter(tmp_path):
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-c", _CHILD, str(root / "datamodules"), str(path), json.dumps(captions)],
-        capture_output=True, text=True, timeout=300, cwd=root, env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == [eng(c, i, 1) for i, c in enumerate(captions)]
@@ -281,12 +295,19 @@ def test_epochs_and_seeds_change_the_negatives(engine):
 @pytest.mark.parametrize(
     ("name", "caption"),
     [
-        ("negclip", "a dog"), ("negclip", "dogs running"),
-        ("replace", "a dog running"), ("replace", "it is on the table"),
-        ("bigram_shuffle", "a dog."), ("bigram_shuffle", "dog"),
-        ("shuffle_nouns_and_adj", "a man running"), ("shuffle_allbut_nouns_and_adj", "red dog"),
-        ("shuffle_within_trigrams", "dog dog dog"), ("shuffle_trigrams", "a dog ."),
-        ("synonym", "the of and"), ("conjunct_swap", DOGS), ("conjunct_swap", "a man with a hat and a woman sitting"),
+        ("negclip", "a dog"),
+        ("negclip", "dogs running"),
+        ("replace", "a dog running"),
+        ("replace", "it is on the table"),
+        ("bigram_shuffle", "a dog."),
+        ("bigram_shuffle", "dog"),
+        ("shuffle_nouns_and_adj", "a man running"),
+        ("shuffle_allbut_nouns_and_adj", "red dog"),
+        ("shuffle_within_trigrams", "dog dog dog"),
+        ("shuffle_trigrams", "a dog ."),
+        ("synonym", "the of and"),
+        ("conjunct_swap", DOGS),
+        ("conjunct_swap", "a man with a hat and a woman sitting"),
     ],
 )
 def test_none_without_candidates(name, caption):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.benchmarks.base import Benchmark, ImageRef, Item
 from datamodules.sources import CorruptSampleError, open_image
 
 COMPOSITIONAL_FIELDS = ("image", "positive", "negative", "category")
@@ -42,13 +43,39 @@ def load_compositional_benchmark(path: str | Path) -> list[dict[str, Any]]:
 
 
 class ImageFiles(Dataset):
-    """Images read from paths and transformed; errors name the file."""
+    """Images read from paths (or :class:`ImageRef` crops) and transformed; errors name the file."""
 
-    def __init__(self, paths: list[Path], transform: Callable) -> None:
+    def __init__(self, paths: list[Path | ImageRef], transform: Callable) -> None:
         self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(open_image(self.paths[index], str(self.paths[index])))
+        ref = self.paths[index]
+        if not isinstance(ref, ImageRef):
+            return self.transform(open_image(ref, str(ref)))
+        image = open_image(ref.path, ref.path)
+        if ref.box is not None:  # ARO's boxes: x, y, width, height
+            x, y, w, h = ref.box
+            image = image.crop((x, y, x + w, y + h))
+        return self.transform(image)
+
+
+def compositional_benchmarks(path: str | Path, name: str = "shapesworld") -> list[Benchmark]:
+    """The records of :func:`load_compositional_benchmark` as one multiple-choice benchmark per
+    category (``"<name>/<category>"``, texts [positive, negative], answer 0)."""
+    by_category: dict[str, list[Item]] = {}
+    for record in load_compositional_benchmark(path):
+        item = Item(
+            id=str(record["id"]),
+            images=[ImageRef(str(record["image"]))],
+            texts=[record["positive"], record["negative"]],
+            group=record["category"],
+            meta={"answer": 0},
+        )
+        by_category.setdefault(record["category"], []).append(item)
+    return [
+        Benchmark(f"{name}/{category}", "multiple_choice", items, source=str(path))
+        for category, items in sorted(by_category.items())
+    ]

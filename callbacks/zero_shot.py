@@ -1,0 +1,174 @@
+"""Zero-shot classification: prompt-ensembled class embeddings, logits and clip_benchmark's metrics.
+
+As CLIP / open_clip / clip_benchmark: each class embedding is the L2-normalised mean of the
+L2-normalised embeddings of its prompts (one per template); an image's logits are
+``100 * image_embedding @ class_embeddings.T``; top-K accuracy and mean per-class recall are
+computed exactly as ``clip_benchmark.metrics.zeroshot_classification`` does (see
+:func:`classification_metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+
+from callbacks.embedding import embed_texts, progress
+
+LOGIT_SCALE = 100.0  # CLIP's fixed zero-shot scale (clip_benchmark, open_clip); rankings do not depend on it
+
+Template = str | Callable[[str], str]
+
+
+def format_prompt(template: Template, classname: str) -> str:
+    """``template`` filled with ``classname``: a callable, or a format string with ``{c}`` (clip_benchmark)
+    or ``{}`` (open_clip)."""
+    return template(classname) if callable(template) else template.format(classname, c=classname)
+
+
+def class_prompts(
+    classnames: Sequence[str], templates: Sequence[Template] | Mapping[str, Sequence[str]]
+) -> list[list[str]]:
+    """The prompts of each class: every template filled with the class name, or, for a mapping
+    (class-specific prompts, CuPL style, as clip_benchmark accepts), ``templates[classname]``."""
+    if not classnames:
+        raise ValueError("no class names")
+    if isinstance(templates, Mapping):
+        missing = [c for c in classnames if not templates.get(c)]
+        if missing:
+            raise ValueError(f"no prompts for class(es) {missing[:10]}")
+        return [list(templates[c]) for c in classnames]
+    if not templates:
+        raise ValueError("no templates")
+    return [[format_prompt(t, c) for t in templates] for c in classnames]
+
+
+@torch.no_grad()
+def class_embeddings(
+    model: Any,
+    classnames: Sequence[str],
+    templates: Sequence[Template] | Mapping[str, Sequence[str]],
+    batch_size: int = 256,
+    trainer: Trainer | None = None,
+) -> torch.Tensor:
+    """Zero-shot classifier ``[C, D]``: row ``c`` is the L2-normalised mean of the L2-normalised text
+    embeddings of class ``c``'s prompts (float32, on the model's device).
+
+    ``model`` is anything with ``encode_text(list[str])``; prompts are embedded ``batch_size`` at a time
+    across classes (clip_benchmark embeds one class per forward, open_clip ten: same figures up to
+    float rounding). clip_benchmark returns the transpose, ``[D, C]``.
+    """
+    prompts = class_prompts(classnames, templates)
+    features = embed_texts(model, [p for ps in prompts for p in ps], batch_size, trainer, desc="zero-shot prompts")
+    features = F.normalize(features.float(), dim=-1)
+    counts = [len(ps) for ps in prompts]
+    if len(set(counts)) == 1:
+        means = features.reshape(len(prompts), counts[0], -1).mean(dim=1)
+    else:
+        means = torch.stack([chunk.mean(dim=0) for chunk in features.split(counts)])
+    return F.normalize(means, dim=-1)
+
+
+def _device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
+def _images_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, Mapping):
+        return batch["image"], torch.as_tensor(batch["label"])
+    images, labels = batch[0], batch[1]
+    return images, torch.as_tensor(labels)
+
+
+@torch.no_grad()
+def zero_shot_logits(
+    model: Any,
+    batches: Iterable[Any],
+    classifier: torch.Tensor,
+    trainer: Trainer | None = None,
+    scale: float = LOGIT_SCALE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[N, C]`` = ``scale * image_embedding @ classifier.T`` and labels ``[N]`` (float32 /
+    int64 on the CPU) for ``(images, labels)`` or ``{"image", "label"}`` batches."""
+    device = _device(model)
+    classifier = classifier.to(device).float()
+    all_logits, all_labels = [], []
+    for batch in progress(batches, trainer, desc="zero-shot images"):
+        images, labels = _images_and_labels(batch)
+        features = F.normalize(model.encode_image(images.to(device)).float(), dim=-1)
+        all_logits.append((scale * features @ classifier.T).float().cpu())
+        all_labels.append(labels.long().cpu())
+    if not all_logits:
+        raise ValueError("zero-shot evaluation got no images")
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-K accuracies and mean per-class recall, as clip_benchmark 1.6 computes them.
+
+    * ``top{k}``: fraction of samples whose label is among the ``k`` highest logits, from one
+      ``logits.topk(max k, sorted=True)`` sliced to ``k`` (clip_benchmark's ``accuracy``; equal logits are
+      ordered as ``torch.topk`` orders them). A ``k`` larger than the number of classes gives NaN, as
+      clip_benchmark reports ``acc5`` for datasets with fewer than 5 classes.
+    * ``mean_per_class_recall``: with ``pred = logits.argmax(1)`` (first maximum on ties), the mean over
+      the classes *present in* ``labels`` of the fraction of that class's samples predicted as it
+      (``sklearn.metrics.balanced_accuracy_score(labels, pred)``); classes absent from ``labels`` do not count.
+
+    Args:
+        logits: ``[N, C]`` scores.
+        labels: ``[N]`` class indices in ``[0, C)``.
+    """
+    logits, labels = logits.detach().float().cpu(), torch.as_tensor(labels).detach().long().cpu()
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"logits must be [N, C] and labels [N]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    n, num_classes = logits.shape
+    if n == 0:
+        raise ValueError("no samples")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"k must be >= 1, got {tuple(ks)}")
+    metrics: dict[str, float] = {}
+    valid = [k for k in ks if k <= num_classes]
+    if valid:
+        top = logits.topk(max(valid), dim=1, largest=True, sorted=True).indices
+        correct = top == labels[:, None]
+    for k in ks:
+        metrics[f"top{k}"] = int(correct[:, :k].any(dim=1).sum()) / n if k <= num_classes else math.nan
+    predictions = logits.argmax(dim=1)
+    recalls = [int((predictions[labels == c] == c).sum()) / int((labels == c).sum()) for c in labels.unique().tolist()]
+    metrics["mean_per_class_recall"] = sum(recalls) / len(recalls)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_zero_shot(
+    model: Any,
+    loader: Iterable[Any],
+    classnames: Sequence[str],
+    templates: Sequence[Template] | Mapping[str, Sequence[str]],
+    ks: Sequence[int] = (1, 5),
+    text_batch_size: int = 256,
+    trainer: Trainer | None = None,
+) -> dict[str, float]:
+    """Zero-shot classification of ``loader``'s ``(images, labels)`` batches with prompt-ensembled class
+    embeddings; returns :func:`classification_metrics` (``top1``, ``top5``, ``mean_per_class_recall``)."""
+    classifier = class_embeddings(model, classnames, templates, text_batch_size, trainer)
+    logits, labels = zero_shot_logits(model, loader, classifier, trainer)
+    return classification_metrics(logits, labels, ks)
+
+
+__all__ = [
+    "LOGIT_SCALE",
+    "class_embeddings",
+    "class_prompts",
+    "classification_metrics",
+    "evaluate_zero_shot",
+    "format_prompt",
+    "zero_shot_logits",
+]

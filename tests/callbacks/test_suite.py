@@ -1,0 +1,85 @@
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import zoo
+from callbacks.suite import evaluate_suite, load_benchmarks, main, to_markdown
+from datamodules import ImageCaptionDataModule
+from tests.conftest import TINY_MODEL_CFG
+
+
+def _model():
+    torch.manual_seed(0)
+    return zoo.CLIP(model_name="t", model_cfg=TINY_MODEL_CFG).eval()
+
+
+def _benchmarks(root):
+    dm = ImageCaptionDataModule(benchmark_dir=str(root))
+    return load_benchmarks([{"kind": "shapesworld", "n": 24}], dm)
+
+
+def _worker(rank, port, root):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    results = evaluate_suite(_model(), _benchmarks(root), batch_size=5, num_workers=0)
+    with open(os.path.join(root, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_give_identical_figures(tmp_path):
+    benchmarks = _benchmarks(tmp_path)  # written once before the workers read it
+    single = evaluate_suite(_model(), benchmarks, batch_size=5, num_workers=0)
+    assert set(single) == {
+        f"shapesworld/{c}"
+        for c in ("replace_attribute", "replace_object", "replace_relation", "swap_attribute", "swap_object")
+    }
+    assert sum(f["items"] for f in single.values()) == sum(len(b.items) for b in benchmarks)
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == json.loads(json.dumps(single))
+
+
+def test_stand_alone_on_an_exported_open_clip_folder(tmp_path, monkeypatch):
+    model = _model()
+    model.export_open_clip(tmp_path / "export")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "trainer:\n  callbacks:\n    - class_path: callbacks.EvaluationSuite\n      init_args:\n"
+        "        benchmarks:\n          - {kind: shapesworld, n: 12}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    report = main(
+        [
+            "--model",
+            f"local-dir:{tmp_path / 'export'}",
+            "--benchmarks",
+            str(suite),
+            "--out",
+            "r.json",
+            "--num-workers",
+            "0",
+        ]
+    )
+    direct = evaluate_suite(
+        model, load_benchmarks([{"kind": "shapesworld", "n": 12}], ImageCaptionDataModule()), num_workers=0
+    )
+    assert report["benchmarks"] == direct  # the exported weights score exactly like the zoo model
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert (
+        saved["model"]["preprocess"]["size"] == [32, 32] and saved["model"]["preprocess"]["interpolation"] == "bicubic"
+    )
+    assert saved["model"]["quick_gelu"] is False and saved["model"]["context_length"] == 16
+    assert "| shapesworld/swap_object |" in to_markdown(direct)
