@@ -39,18 +39,71 @@ from datamodules.text_augment import (  # noqa: E402
 
 PEOPLE = ["man", "woman", "boy", "girl", "child", "person", "skier", "surfer", "player", "chef", "couple"]
 ANIMALS = ["dog", "cat", "horse", "bird", "cow", "sheep", "elephant", "giraffe", "zebra", "bear"]
-THINGS = ["frisbee", "kite", "surfboard", "skateboard", "umbrella", "pizza", "sandwich", "laptop",
-          "bicycle", "motorcycle", "train", "bus", "truck", "boat", "clock", "vase", "cake", "bench"]
-PLACES = ["the grass", "a field", "the beach", "the ocean", "a street", "the snow", "a kitchen",
-          "a table", "the water", "a park", "the sidewalk", "a living room", "a city street", "the sky"]
-ADJECTIVES = ["black", "white", "red", "large", "small", "young", "old", "brown", "wooden", "tall",
-              "green", "blue", "yellow", "little", "big", "empty", "busy", "colorful"]
+THINGS = [
+    "frisbee",
+    "kite",
+    "surfboard",
+    "skateboard",
+    "umbrella",
+    "pizza",
+    "sandwich",
+    "laptop",
+    "bicycle",
+    "motorcycle",
+    "train",
+    "bus",
+    "truck",
+    "boat",
+    "clock",
+    "vase",
+    "cake",
+    "bench",
+]
+PLACES = [
+    "the grass",
+    "a field",
+    "the beach",
+    "the ocean",
+    "a street",
+    "the snow",
+    "a kitchen",
+    "a table",
+    "the water",
+    "a park",
+    "the sidewalk",
+    "a living room",
+    "a city street",
+    "the sky",
+]
+ADJECTIVES = [
+    "black",
+    "white",
+    "red",
+    "large",
+    "small",
+    "young",
+    "old",
+    "brown",
+    "wooden",
+    "tall",
+    "green",
+    "blue",
+    "yellow",
+    "little",
+    "big",
+    "empty",
+    "busy",
+    "colorful",
+]
 VERBS = {  # -ing form: objects it takes
     "riding": ["horse", "surfboard", "skateboard", "bicycle", "motorcycle", "wave", "elephant"],
     "holding": ["umbrella", "kite", "frisbee", "laptop", "sandwich", "pizza", "cake"],
     "eating": ["pizza", "sandwich", "cake", "banana", "hot dog"],
-    "flying": ["kite"], "throwing": ["frisbee", "ball"], "watching": ["train", "boat", "bus"],
-    "carrying": ["surfboard", "umbrella", "bag"], "looking at": ["laptop", "clock", "cake", "phone"],
+    "flying": ["kite"],
+    "throwing": ["frisbee", "ball"],
+    "watching": ["train", "boat", "bus"],
+    "carrying": ["surfboard", "umbrella", "bag"],
+    "looking at": ["laptop", "clock", "cake", "phone"],
 }
 PREPOSITIONS = ["on", "in", "next to", "near", "on top of", "in front of", "under", "behind", "beside", "at"]
 NUMBERS = ["two", "three", "four", "several", "a group of", "a couple of"]
@@ -191,8 +244,10 @@ def main() -> None:
             for index in range(start_index, start_index + 256):
                 engine(captions[index], index, epoch)
             batches.append(time.perf_counter() - start)
-    print(f"\n256-caption batch, 3 negatives each (cached): median {1e3 * statistics.median(batches):.1f} ms, "
-          f"max {1e3 * max(batches):.1f} ms over {len(batches)} batches (target <= 50 ms)")
+    print(
+        f"\n256-caption batch, 3 negatives each (cached): median {1e3 * statistics.median(batches):.1f} ms, "
+        f"max {1e3 * max(batches):.1f} ms over {len(batches)} batches (target <= 50 ms)"
+    )
     print(f"3 training generators cached: {cached:,.0f} captions/s (target >= 5,000)")
 
 

@@ -33,6 +33,7 @@ from datamodules.benchmarks import (
     load_classification,
     load_karpathy,
 )
+from datamodules.benchmarks.shapesworld import shapesworld_benchmarks
 
 Loader = Callable[..., "Benchmark | list[Benchmark]"]
 
@@ -59,9 +60,9 @@ def _loaders() -> dict[str, Loader]:
 def load_benchmarks(
     specs: list[dict[str, Any]], datamodule: Any = None, transform: Callable | None = None
 ) -> list[Benchmark | RetrievalSet | ClassificationSet]:
-    """Benchmarks from specs ``{"kind": ..., **loader arguments}``. ``{"kind": "shapesworld"}`` is the
-    data module's ShapesWorld compositional split (generated offline on first use); ``classification``
-    needs the model's eval ``transform``."""
+    """Benchmarks from specs ``{"kind": ..., **loader arguments}``. ``{"kind": "shapesworld", "n": 500,
+    "n_spatial": 100}`` is every ShapesWorld counterpart (generated offline on first use, from the
+    data module's splits); ``classification`` needs the model's eval ``transform``."""
     loaders = _loaders()
     benchmarks: list[Benchmark] = []
     for spec in specs:
@@ -70,7 +71,10 @@ def load_benchmarks(
         if kind == "shapesworld":
             if datamodule is None or not hasattr(datamodule, "compositional_benchmark"):
                 raise ValueError("kind 'shapesworld' needs a data module with compositional_benchmark()")
-            loaded = compositional_benchmarks(datamodule.compositional_benchmark(**spec))
+            n, n_spatial = spec.get("n", 500), spec.get("n_spatial", 100)
+            loaded = shapesworld_benchmarks(
+                datamodule.compositional_benchmark(n), datamodule.spatial_benchmark(n_spatial)
+            )
         elif kind == "classification":
             loaded = load_classification(transform=transform, **spec)
         elif kind in loaders:

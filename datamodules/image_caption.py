@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from datamodules.hard_negatives import NegativeCaptions
 from datamodules.neighbours import WithNeighbours, read_neighbour_table
 from datamodules.samples import CaptionCollator, EpochIndexSampler, SampleRecipe, Samples, StreamSamples
-from datamodules.shapesworld import ShapesWorld, write_compositional_benchmark
+from datamodules.shapesworld import ShapesWorld, write_compositional_benchmark, write_spatial_benchmark
 from datamodules.sources import ManifestDataset, WebDatasetSource
 
 Split = Literal["train", "val", "test"]
@@ -188,3 +188,11 @@ class ImageCaptionDataModule(LightningDataModule):
         if (out / "compositional.json").is_file():
             return out / "compositional.json"
         return write_compositional_benchmark(out, n=n, split="test", seed=cfg.seed, image_size=cfg.image_size)
+
+    def spatial_benchmark(self, n: int = 100) -> Path:
+        """Path of the ShapesWorld spatial pairs / sets JSON (written on first use)."""
+        cfg = self.shapesworld
+        out = self.benchmark_dir / f"spatial-seed{cfg.seed}-n{n}-px{cfg.image_size}"
+        if (out / "spatial.json").is_file():
+            return out / "spatial.json"
+        return write_spatial_benchmark(out, n=n, split="test", seed=cfg.seed, image_size=cfg.image_size)

@@ -14,6 +14,7 @@ from .qa import question_answers
 from .render import png_bytes, render_scene
 from .scene import SPLITS, Scene, SceneObject, relation_holds, sample_scene, scene_rng
 from .shards import write_shards
+from .spatial import SPATIAL_RELATIONS, spatial_set, write_spatial_benchmark
 from .vocabulary import COLORS, RELATIONS, SHAPES, SIZES
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "RELATIONS",
     "SHAPES",
     "SIZES",
+    "SPATIAL_RELATIONS",
     "SPLITS",
     "Description",
     "ObjectDescription",
@@ -40,6 +42,8 @@ __all__ = [
     "render_scene",
     "sample_scene",
     "scene_rng",
+    "spatial_set",
     "write_compositional_benchmark",
     "write_shards",
+    "write_spatial_benchmark",
 ]

@@ -45,9 +45,19 @@ class Analysis:
 
     __slots__ = (*_FIELDS, "memo")
 
-    def __init__(self, text: str, words: Sequence[str], idx: Sequence[int], pos: Sequence[str],
-                 tag: Sequence[str], dep: Sequence[str], lemma: Sequence[str], head: Sequence[int],
-                 noun_chunks: Sequence[tuple[int, int, int]], verb_phrases: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        text: str,
+        words: Sequence[str],
+        idx: Sequence[int],
+        pos: Sequence[str],
+        tag: Sequence[str],
+        dep: Sequence[str],
+        lemma: Sequence[str],
+        head: Sequence[int],
+        noun_chunks: Sequence[tuple[int, int, int]],
+        verb_phrases: Sequence[tuple[int, int]],
+    ) -> None:
         intern = sys.intern
         self.text = text
         self.words = tuple(intern(w) for w in words)
@@ -70,7 +80,7 @@ class Analysis:
 
     def span_text(self, start: int, end: int) -> str:
         """Text of tokens ``start:end`` (like ``Span.text``: inner whitespace kept, trailing dropped)."""
-        return self.text[self.idx[start]:self.end(end - 1)]
+        return self.text[self.idx[start] : self.end(end - 1)]
 
     def children(self, i: int) -> list[int]:
         return [j for j, h in enumerate(self.head) if h == i and j != i]
@@ -127,9 +137,16 @@ def analysis_from_doc(doc: Any, matcher: Any) -> Analysis:
     tokens = list(doc)
     verb_phrases = spacy_filter_spans(matcher(doc, as_spans=True))
     return Analysis(
-        doc.text, [t.text for t in tokens], [t.idx for t in tokens], [t.pos_ for t in tokens],
-        [t.tag_ for t in tokens], [t.dep_ for t in tokens], [t.lemma_ for t in tokens], [t.head.i for t in tokens],
-        [(c.start, c.end, c.root.i) for c in doc.noun_chunks], [(s.start, s.end) for s in verb_phrases],
+        doc.text,
+        [t.text for t in tokens],
+        [t.idx for t in tokens],
+        [t.pos_ for t in tokens],
+        [t.tag_ for t in tokens],
+        [t.dep_ for t in tokens],
+        [t.lemma_ for t in tokens],
+        [t.head.i for t in tokens],
+        [(c.start, c.end, c.root.i) for c in doc.noun_chunks],
+        [(s.start, s.end) for s in verb_phrases],
     )
 
 
@@ -219,7 +236,7 @@ class Analyzer:
             return 0
         nlp, matcher = _Pipeline.get()
         for start in range(0, len(todo), 4096):
-            chunk = todo[start:start + 4096]
+            chunk = todo[start : start + 4096]
             parsed = [analysis_from_doc(doc, matcher) for doc in nlp.pipe(chunk, batch_size=batch_size)]
             for caption, analysis in zip(chunk, parsed):
                 self._remember(caption, analysis)

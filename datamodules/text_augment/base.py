@@ -54,4 +54,4 @@ def differs(output: str | None, caption: str) -> str | None:
 
 def swap_chars(text: str, first: tuple[int, int], second: tuple[int, int], first_new: str, second_new: str) -> str:
     """``text`` with char range ``first`` replaced by ``first_new`` and ``second`` (later) by ``second_new``."""
-    return text[:first[0]] + first_new + text[first[1]:second[0]] + second_new + text[second[1]:]
+    return text[: first[0]] + first_new + text[first[1] : second[0]] + second_new + text[second[1] :]

@@ -22,15 +22,24 @@ from .swap import ConjunctSwap, NegClipSwap
 GENERATORS: dict[str, type[Generator]] = {
     cls.name: cls
     for cls in (
-        NegClipSwap, Replace, BigramShuffle,
-        ShuffleNounsAndAdj, ShuffleAllButNounsAndAdj, ShuffleWithinTrigrams, ShuffleTrigrams,
-        SynonymReplace, ConjunctSwap,
+        NegClipSwap,
+        Replace,
+        BigramShuffle,
+        ShuffleNounsAndAdj,
+        ShuffleAllButNounsAndAdj,
+        ShuffleWithinTrigrams,
+        ShuffleTrigrams,
+        SynonymReplace,
+        ConjunctSwap,
     )
 }
 # FSC-CLIP's three training negatives, in its order.
 TRAINING_GENERATORS: tuple[str, ...] = ("negclip", "replace", "bigram_shuffle")
 ARO_ORDER_GENERATORS: tuple[str, ...] = (
-    "shuffle_nouns_and_adj", "shuffle_allbut_nouns_and_adj", "shuffle_within_trigrams", "shuffle_trigrams",
+    "shuffle_nouns_and_adj",
+    "shuffle_allbut_nouns_and_adj",
+    "shuffle_within_trigrams",
+    "shuffle_trigrams",
 )
 HARD_POSITIVE_GENERATORS: tuple[str, ...] = ("synonym", "conjunct_swap")
 
@@ -52,8 +61,9 @@ class HardNegativeEngine:
     for dataloader workers: spaCy and WordNet load lazily in each process.
     """
 
-    def __init__(self, generators: Sequence[str], seed: int = 0, analyzer: Analyzer | None = None,
-                 lexicon: Lexicon | None = None) -> None:
+    def __init__(
+        self, generators: Sequence[str], seed: int = 0, analyzer: Analyzer | None = None, lexicon: Lexicon | None = None
+    ) -> None:
         if isinstance(generators, str):
             generators = [generators]
         unknown = [name for name in generators if name not in GENERATORS]

@@ -30,9 +30,7 @@ WORDNET_POS = {"NOUN": "n", "PRON": "n", "PROPN": "n", "VERB": "v", "ADJ": "a", 
 # Penn tags lemminflect can inflect to (others are left as they are).
 # NLTK's synset cache is cleared past this many synsets (~3 KB each: ~90 MB); tables are kept.
 MAX_CACHED_SYNSETS = 30_000
-INFLECTABLE_TAGS = frozenset(
-    "NN NNS NNP NNPS VB VBD VBG VBN VBP VBZ JJ JJR JJS RB RBR RBS".split()
-)
+INFLECTABLE_TAGS = frozenset("NN NNS NNP NNPS VB VBD VBG VBN VBP VBZ JJ JJR JJS RB RBR RBS".split())
 
 
 class Candidates:

@@ -85,8 +85,8 @@ class Replace(Generator):
             slot = rng.choices(slots, cum_weights=cum_weights)[0]
             drawn = slot.candidates.draw_distinct(rng, 2)
             name = slot.candidates.names[drawn[rng.randrange(len(drawn))]]
-            new = match_case(inflect(name, slot.tag), a.text[slot.start:slot.end])
-            out = differs(a.text[:slot.start] + new + a.text[slot.end:], caption)
+            new = match_case(inflect(name, slot.tag), a.text[slot.start : slot.end])
+            out = differs(a.text[: slot.start] + new + a.text[slot.end :], caption)
             if out is not None:
                 return out
         return None
@@ -134,4 +134,4 @@ class SynonymReplace(Generator):
         i = tokens[rng.randrange(len(tokens))]
         options = synonym_options(a, i, lexicon)
         start, new, _ = rng.choices(options, weights=[w for _, _, w in options])[0]
-        return differs(a.text[:start] + new + a.text[a.end(i):], caption)
+        return differs(a.text[:start] + new + a.text[a.end(i) :], caption)

@@ -38,9 +38,11 @@ WORDNET_INSTALL_HINT = (
     "(data.noun, index.noun, cntlist.rev, noun.exc, ...)"
 )
 # The files NLTK's reader opens (index.sense is optional: only the multilingual mapping needs it).
-WORDNET_FILES: tuple[str, ...] = tuple(
-    f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")
-) + tuple(f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")) + ("cntlist.rev",)
+WORDNET_FILES: tuple[str, ...] = (
+    tuple(f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv"))
+    + tuple(f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv"))
+    + ("cntlist.rev",)
+)
 
 # The 45 WordNet 3.0 lexicographer files (lexnames(5WN)): number, name, syntactic category.
 _LEXNAMES = (

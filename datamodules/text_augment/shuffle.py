@@ -42,8 +42,9 @@ def aro_word_tokenize(text: str) -> tuple[str, ...]:
     from nltk.tokenize import NLTKWordTokenizer
 
     tokenizer = _tokenizer(NLTKWordTokenizer)
-    return tuple(token for sentence in _SENTENCE_END.split(text.strip()) if sentence
-                 for token in tokenizer.tokenize(sentence))
+    return tuple(
+        token for sentence in _SENTENCE_END.split(text.strip()) if sentence for token in tokenizer.tokenize(sentence)
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,7 +54,7 @@ def _tokenizer(cls: type) -> object:
 
 def trigrams(tokens: Sequence[str]) -> list[list[str]]:
     """Consecutive non-overlapping groups of 3 (the last may be shorter), as ARO's ``get_trigrams``."""
-    return [list(tokens[i:i + 3]) for i in range(0, len(tokens), 3)]
+    return [list(tokens[i : i + 3]) for i in range(0, len(tokens), 3)]
 
 
 def _lower(tokens: Sequence[str]) -> list[str]:
@@ -158,7 +159,7 @@ class BigramShuffle(Generator):
         final = ""
         if tokens and a.pos[tokens[-1]] == "PUNCT":
             final = a.words[tokens.pop()]
-        groups = [tuple(tokens[k:k + 2]) for k in range(0, len(tokens), 2)]
+        groups = [tuple(tokens[k : k + 2]) for k in range(0, len(tokens), 2)]
         if len(groups) < 2:
             return None
         original = [a.words[i] for i in tokens]

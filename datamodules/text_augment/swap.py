@@ -37,7 +37,7 @@ def negclip_sets(a: Analysis) -> tuple[tuple[Chars, ...], ...]:
 
 def swappable_pairs(text: str, items: tuple[Chars, ...]) -> list[tuple[Chars, Chars]]:
     """All pairs of distinct spans (in order) whose texts differ."""
-    return [(x, y) for i, x in enumerate(items) for y in items[i + 1:] if text[x[0]:x[1]] != text[y[0]:y[1]]]
+    return [(x, y) for i, x in enumerate(items) for y in items[i + 1 :] if text[x[0] : x[1]] != text[y[0] : y[1]]]
 
 
 class NegClipSwap(Generator):
@@ -60,7 +60,7 @@ class NegClipSwap(Generator):
         for _ in range(1 + MAX_RETRIES):
             pairs = swappable_pairs(text, sets[rng.randrange(len(sets))])
             x, y = pairs[rng.randrange(len(pairs))]
-            out = differs(swap_chars(text, x, y, text[y[0]:y[1]], text[x[0]:x[1]]), caption)
+            out = differs(swap_chars(text, x, y, text[y[0] : y[1]], text[x[0] : x[1]]), caption)
             if out is not None:
                 return out
         return None
@@ -115,10 +115,13 @@ def conjunct_pairs(a: Analysis) -> list[tuple[tuple[int, int], tuple[int, int]]]
         x_chunk, y_chunk = chunk_of[x], chunk_of[y]
         x_right = [k for k in children[x] if k > x and k not in (cc, y) and a.pos[k] != "PUNCT"]
         y_right = [k for k in children[y] if k > y and a.pos[k] != "PUNCT"]
-        if (edges[x][0] != x_chunk[0] or y_chunk[0] != cc + 1
-                or any(k > y or a.dep[k] != "prep" for k in x_right)
-                or any(a.dep[k] != "prep" for k in y_right if k >= y_chunk[1])
-                or any(a.dep[k] == "conj" for k in children[y])):
+        if (
+            edges[x][0] != x_chunk[0]
+            or y_chunk[0] != cc + 1
+            or any(k > y or a.dep[k] != "prep" for k in x_right)
+            or any(a.dep[k] != "prep" for k in y_right if k >= y_chunk[1])
+            or any(a.dep[k] == "conj" for k in children[y])
+        ):
             continue
         first = _trim_punct(a, x_chunk[0], cc)
         if first[1] > first[0]:
