@@ -6,6 +6,7 @@ exactly once and 1 and 2 processes give identical figures.
 
     python -m callbacks.suite --model ViT-B-32-quickgelu --pretrained openai --benchmarks configs/eval/suite.yaml
     python -m callbacks.suite --checkpoint runs/.../last.ckpt --out report.json
+    python -m callbacks.suite compare clip.json negclip.json --out compare/   (table + a PNG per family)
 """
 
 from __future__ import annotations
@@ -257,12 +258,70 @@ def specs_from_config(path: str | Path) -> list[dict[str, Any]]:
     raise ValueError(f"{path} configures no callbacks.EvaluationSuite")
 
 
+def compare(reports: list[str | Path], out_dir: str | Path) -> str:
+    """Side-by-side Markdown table of several suite JSON reports (written to ``out_dir/compare.md``)
+    and one PNG bar chart per benchmark family (the name before ``/``). Returns the table."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {Path(r).stem: json.loads(Path(r).read_text())["benchmarks"] for r in reports}
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for run, results in runs.items():
+        for name, figures in results.items():
+            for metric, value in figures.items():
+                if metric not in ("items", "skipped", "macro_groups"):
+                    rows.setdefault((name, metric), {})[run] = value
+    lines = ["| benchmark | metric | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+    for (name, metric), values in rows.items():
+        cells = [f"{100 * values[r]:.1f}" if r in values else "–" for r in runs]
+        lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    (out / "compare.md").write_text(table + "\n")
+    families = sorted({name.split("/")[0] for name, _ in rows})
+    for family in families:
+        keys = [k for k in rows if k[0].split("/")[0] == family]
+        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(keys) * len(runs)), 3.5))
+        width = 0.8 / len(runs)
+        for i, run in enumerate(runs):
+            ax.bar(
+                [k + i * width for k in range(len(keys))],
+                [100 * rows[key].get(run, float("nan")) for key in keys],
+                width,
+                label=run,
+            )
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))])
+        ax.set_xticklabels([f"{n.split('/', 1)[-1]}\n{m}" for n, m in keys], rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("%")
+        ax.set_title(family)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{family}.png", dpi=120)
+        plt.close(fig)
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Stand-alone suite on an open_clip model (name + pretrained tag, ``local-dir:``) or a checkpoint."""
+    """Stand-alone suite on an open_clip model (name + pretrained tag, ``local-dir:``) or a checkpoint;
+    ``compare A.json B.json [--out DIR]`` puts several reports side by side."""
     import argparse
     import json
 
     from datamodules import ImageCaptionDataModule
+
+    argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    if argv[:1] == ["compare"]:
+        parser = argparse.ArgumentParser(prog="python -m callbacks.suite compare")
+        parser.add_argument("reports", nargs="+")
+        parser.add_argument("--out", default="suite-compare")
+        args = parser.parse_args(argv[1:])
+        print(compare(args.reports, args.out))
+        return {}
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)

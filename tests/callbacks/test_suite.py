@@ -88,3 +88,21 @@ def test_stand_alone_on_an_exported_open_clip_folder(tmp_path, monkeypatch):
     )
     assert saved["model"]["quick_gelu"] is False and saved["model"]["context_length"] == 16
     assert "| shapesworld/swap_object |" in to_markdown(direct)
+
+
+def test_compare_writes_a_table_and_a_chart_per_family(tmp_path):
+    a = {
+        "benchmarks": {
+            "sugarcrepe/swap_att": {"accuracy": 0.5, "items": 2, "skipped": 0},
+            "winoground": {"text_score": 0.25, "image_score": 0.0, "group_score": 0.0, "items": 4},
+        }
+    }
+    b = {"benchmarks": {"sugarcrepe/swap_att": {"accuracy": 0.75, "items": 2, "skipped": 0}}}
+    (tmp_path / "clip.json").write_text(json.dumps(a))
+    (tmp_path / "negclip.json").write_text(json.dumps(b))
+    main(["compare", str(tmp_path / "clip.json"), str(tmp_path / "negclip.json"), "--out", str(tmp_path / "cmp")])
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| benchmark | metric | clip | negclip |" in table
+    assert "| sugarcrepe/swap_att | accuracy | 50.0 | 75.0 |" in table
+    assert "| winoground | text_score | 25.0 | – |" in table
+    assert sorted(p.name for p in (tmp_path / "cmp").glob("*.png")) == ["sugarcrepe.png", "winoground.png"]
