@@ -44,6 +44,11 @@ class NegativeCaptions:
             self.engine = HardNegativeEngine(rule_based, seed=seed)
         self.rule_based = rule_based
 
+    def warm(self, captions: list[str]) -> None:
+        """Parse captions for the rule-based generators ahead of time (no-op without them)."""
+        if self.engine is not None:
+            self.engine.warm(sorted(set(captions)))
+
     @property
     def needs_primary_caption(self) -> bool:
         """ShapesWorld's exact negatives exist for the primary caption only."""

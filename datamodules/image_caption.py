@@ -32,6 +32,13 @@ class ShapesWorldConfig:
     max_objects: int = 4
 
 
+def _captions_of(records: Dataset) -> list[str]:
+    """Every caption of a map-style source, without decoding images where the source allows it."""
+    if isinstance(records, ManifestDataset):
+        return [c for r in records.records if r is not None for c in r["captions"]]
+    return [c for i in range(len(records)) if (r := records[i]) is not None for c in r["captions"]]
+
+
 class ImageCaptionDataModule(LightningDataModule):
     """Image-caption pairs from ShapesWorld (default), webdataset shards or a manifest.
 
@@ -60,6 +67,8 @@ class ImageCaptionDataModule(LightningDataModule):
         neighbours: a neighbour table for the training split (``python -m datamodules.neighbours``),
             for sources without NegCLIP's ``neg_image`` column.
         seed: seed of the per-sample caption choice and hard negatives.
+        warm_text_engine: parse every training caption with spaCy (batched) before the workers start,
+            so rule-based negatives run from the cache from the first step (map-style sources).
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class ImageCaptionDataModule(LightningDataModule):
         hard_images: bool = False,
         neighbours: str | None = None,
         seed: int = 0,
+        warm_text_engine: bool = True,
     ) -> None:
         super().__init__()
         if source != "shapesworld" and train is None and val is None and test is None:
@@ -96,6 +106,7 @@ class ImageCaptionDataModule(LightningDataModule):
         self.hard_negatives = list(hard_negatives or [])
         self.hard_images = hard_images
         self.neighbours = neighbours
+        self.warm_text_engine = warm_text_engine
         self.seed = seed
         self._negatives: NegativeCaptions | None = None
         self.tokenizer: Callable | None = None
@@ -154,6 +165,9 @@ class ImageCaptionDataModule(LightningDataModule):
             seed=self.seed,
         )
         streaming = isinstance(records, IterableDataset)
+        smoke_test = self.trainer is not None and self.trainer.fast_dev_run
+        if train and self.warm_text_engine and recipe.negatives is not None and not streaming and not smoke_test:
+            recipe.negatives.warm(_captions_of(records))  # parsed once here, inherited by the workers
         dataset = StreamSamples(records, recipe) if streaming else Samples(records, recipe)
         # drop_last in training: equal batches on every rank for the gathered contrastive loss
         sampler = None if streaming else EpochIndexSampler(dataset, shuffle=train, seed=self.seed, drop_last=train)
