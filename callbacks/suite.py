@@ -34,7 +34,8 @@ from datamodules.benchmarks import (
     load_classification,
     load_karpathy,
 )
-from datamodules.benchmarks.shapesworld import shapesworld_benchmarks
+from datamodules.benchmarks.shapesworld import SHAPE_TEMPLATES, shapesworld_benchmarks
+from datamodules.shapesworld import SHAPES
 
 Loader = Callable[..., "Benchmark | list[Benchmark]"]
 
@@ -62,8 +63,9 @@ def load_benchmarks(
     specs: list[dict[str, Any]], datamodule: Any = None, transform: Callable | None = None
 ) -> list[Benchmark | RetrievalSet | ClassificationSet]:
     """Benchmarks from specs ``{"kind": ..., **loader arguments}``. ``{"kind": "shapesworld", "n": 500,
-    "n_spatial": 100}`` is every ShapesWorld counterpart (generated offline on first use, from the
-    data module's splits); ``classification`` needs the model's eval ``transform``."""
+    "n_spatial": 100, "per_class": 20}`` is every ShapesWorld counterpart, retrieval and zero-shot shape
+    classification included (generated offline on first use, read by the same loaders as the real
+    files); ``classification`` needs the model's eval ``transform``."""
     loaders = _loaders()
     benchmarks: list[Benchmark] = []
     for spec in specs:
@@ -75,6 +77,18 @@ def load_benchmarks(
             n, n_spatial = spec.get("n", 500), spec.get("n_spatial", 100)
             loaded = shapesworld_benchmarks(
                 datamodule.compositional_benchmark(n), datamodule.spatial_benchmark(n_spatial)
+            )
+            retrieval = datamodule.retrieval_benchmark(n)
+            loaded.append(load_karpathy(retrieval, retrieval.parent, name="shapesworld/retrieval"))
+            classes = datamodule.classification_benchmark(spec.get("per_class", 20))
+            loaded.append(
+                load_classification(
+                    classes,
+                    transform,
+                    classnames=SHAPES,
+                    templates=SHAPE_TEMPLATES,
+                    name="shapesworld/shape_classification",
+                )
             )
         elif kind == "classification":
             loaded = load_classification(transform=transform, **spec)
@@ -200,6 +214,17 @@ def to_markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _head(data: Benchmark | RetrievalSet | ClassificationSet, n: int) -> Benchmark | RetrievalSet | ClassificationSet:
+    """The first ``n`` items of a benchmark (for ``fast_dev_run``)."""
+    if isinstance(data, Benchmark):
+        data.items = data.items[:n]
+    elif isinstance(data, RetrievalSet):
+        data.images, data.captions = data.images[:n], data.captions[:n]
+    elif hasattr(data.dataset, "__len__"):
+        data.dataset = Subset(data.dataset, range(min(n, len(data.dataset))))
+    return data
+
+
 class EvaluationSuite(EpochEndEvaluation):
     """Run the suite after validation / test epochs (a forgetting monitor while fine-tuning).
 
@@ -230,6 +255,8 @@ class EvaluationSuite(EpochEndEvaluation):
             load_benchmarks(self.specs, trainer.datamodule, transform)
         trainer.strategy.barrier()
         benchmarks = load_benchmarks(self.specs, trainer.datamodule, transform)
+        if self.max_batches(trainer):  # a smoke test: a few items of every benchmark
+            benchmarks = [_head(b, self.max_batches(trainer) * 8) for b in benchmarks]
         results = evaluate_suite(
             model, benchmarks, batch_size=self.batch_size, num_workers=self.num_workers, trainer=trainer
         )

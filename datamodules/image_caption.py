@@ -14,7 +14,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from datamodules.hard_negatives import NegativeCaptions
 from datamodules.neighbours import WithNeighbours, read_neighbour_table
 from datamodules.samples import CaptionCollator, EpochIndexSampler, SampleRecipe, Samples, StreamSamples
-from datamodules.shapesworld import ShapesWorld, write_compositional_benchmark, write_spatial_benchmark
+from datamodules.shapesworld import (
+    ShapesWorld,
+    write_classification_benchmark,
+    write_compositional_benchmark,
+    write_retrieval_benchmark,
+    write_spatial_benchmark,
+)
 from datamodules.sources import ManifestDataset, WebDatasetSource
 
 Split = Literal["train", "val", "test"]
@@ -202,6 +208,24 @@ class ImageCaptionDataModule(LightningDataModule):
         if (out / "compositional.json").is_file():
             return out / "compositional.json"
         return write_compositional_benchmark(out, n=n, split="test", seed=cfg.seed, image_size=cfg.image_size)
+
+    def retrieval_benchmark(self, n: int = 500) -> Path:
+        """Path of a ShapesWorld retrieval set in Karpathy format (written on first use)."""
+        cfg = self.shapesworld
+        out = self.benchmark_dir / f"retrieval-seed{cfg.seed}-n{n}-px{cfg.image_size}"
+        if (out / "dataset_shapesworld.json").is_file():
+            return out / "dataset_shapesworld.json"
+        return write_retrieval_benchmark(out, n=n, split="test", seed=cfg.seed, image_size=cfg.image_size)
+
+    def classification_benchmark(self, per_class: int = 20) -> Path:
+        """Root of a ShapesWorld ImageFolder tree of single-object scenes by shape (written on first use)."""
+        cfg = self.shapesworld
+        out = self.benchmark_dir / f"classification-seed{cfg.seed}-k{per_class}-px{cfg.image_size}"
+        if (out / "DONE").is_file():
+            return out
+        write_classification_benchmark(out, per_class=per_class, split="test", seed=cfg.seed, image_size=cfg.image_size)
+        (out / "DONE").write_text("")
+        return out
 
     def spatial_benchmark(self, n: int = 100) -> Path:
         """Path of the ShapesWorld spatial pairs / sets JSON (written on first use)."""

@@ -6,7 +6,9 @@
 * ``shapesworld/mmvp``: image pairs with "A rel B" / "A opposite-rel B" statements (pair accuracy);
 * ``shapesworld/order``: ARO-style order perturbations of the compositional split's captions, built
   by the same loader as COCO-Order;
-* ``shapesworld/brittleness``: positive, a WordNet-synonym hard positive and the exact negative.
+* ``shapesworld/brittleness``: positive, a WordNet-synonym hard positive and the exact negative;
+* ``shapesworld/retrieval`` and ``shapesworld/shape_classification``: written as a Karpathy JSON and
+  an ImageFolder tree (``datamodules.shapesworld.evaluation_files``) and read by the real loaders.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from datamodules.benchmarks.base import Benchmark, ImageRef, Item
 from datamodules.benchmarks.compositional import compositional_benchmarks, load_compositional_benchmark
 
 RELATIONS = ("left_of", "right_of", "above", "below")
+# zero-shot shape classification of single-object scenes
+SHAPE_TEMPLATES = ("a {c}.", "a small {c}.", "a large {c}.", "a picture of a {c}.")
 PAIRS = (("left_of", "right_of"), ("above", "below"))
 
 

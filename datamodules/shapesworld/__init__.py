@@ -8,6 +8,7 @@ from .benchmark import write_compositional_benchmark
 from .captions import caption_descriptions, long_caption
 from .dataset import ShapesWorld
 from .description import Description, ObjectDescription, is_true, parse_description
+from .evaluation_files import write_classification_benchmark, write_retrieval_benchmark
 from .generate import generate_sample
 from .negatives import NEGATIVE_TYPES, negative_descriptions
 from .qa import question_answers
@@ -43,7 +44,9 @@ __all__ = [
     "sample_scene",
     "scene_rng",
     "spatial_set",
+    "write_classification_benchmark",
     "write_compositional_benchmark",
+    "write_retrieval_benchmark",
     "write_shards",
     "write_spatial_benchmark",
 ]

@@ -20,7 +20,8 @@ def _model():
 
 def _benchmarks(root):
     dm = ImageCaptionDataModule(benchmark_dir=str(root))
-    return load_benchmarks([{"kind": "shapesworld", "n": 24, "n_spatial": 4}], dm)
+    transform = _model().data_transforms()["eval_transform"]
+    return load_benchmarks([{"kind": "shapesworld", "n": 24, "n_spatial": 4, "per_class": 2}], dm, transform)
 
 
 def _worker(rank, port, root):
@@ -43,9 +44,9 @@ def test_one_and_two_processes_give_identical_figures(tmp_path):
     benchmarks = _benchmarks(tmp_path)  # written once before the workers read it
     single = evaluate_suite(_model(), benchmarks, batch_size=5, num_workers=0)
     categories = ("replace_attribute", "replace_object", "replace_relation", "swap_attribute", "swap_object")
-    counterparts = ("spatial", "winoground", "mmvp", "order", "brittleness")
+    counterparts = ("spatial", "winoground", "mmvp", "order", "brittleness", "retrieval", "shape_classification")
     assert set(single) == {f"shapesworld/{c}" for c in categories + counterparts}
-    assert sum(f["items"] for f in single.values()) == sum(len(b.items) for b in benchmarks)
+    assert single["shapesworld/shape_classification"]["items"] == 16 and single["shapesworld/retrieval"]["items"] == 24
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         # accuracies are identical; a mean cosine may differ in the 8th digit (batch composition)
@@ -61,7 +62,7 @@ def test_stand_alone_on_an_exported_open_clip_folder(tmp_path, monkeypatch):
     suite = tmp_path / "suite.yaml"
     suite.write_text(
         "trainer:\n  callbacks:\n    - class_path: callbacks.EvaluationSuite\n      init_args:\n"
-        "        benchmarks:\n          - {kind: shapesworld, n: 12, n_spatial: 2}\n"
+        "        benchmarks:\n          - {kind: shapesworld, n: 12, n_spatial: 2, per_class: 1}\n"
     )
     monkeypatch.chdir(tmp_path)
     report = main(
@@ -78,7 +79,11 @@ def test_stand_alone_on_an_exported_open_clip_folder(tmp_path, monkeypatch):
     )
     direct = evaluate_suite(
         model,
-        load_benchmarks([{"kind": "shapesworld", "n": 12, "n_spatial": 2}], ImageCaptionDataModule()),
+        load_benchmarks(
+            [{"kind": "shapesworld", "n": 12, "n_spatial": 2, "per_class": 1}],
+            ImageCaptionDataModule(),
+            model.data_transforms()["eval_transform"],
+        ),
         num_workers=0,
     )
     assert report["benchmarks"] == direct  # the exported weights score exactly like the zoo model
