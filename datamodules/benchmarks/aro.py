@@ -19,13 +19,21 @@ and adjectives shuffled, within-trigram shuffle, trigram shuffle), all passed th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkFormatError, ImageRef, Item, resolve_image
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkFormatError,
+    ImageRef,
+    Item,
+    MalformedRecord,
+    read_json,
+    required_text,
+    resolve_image,
+)
 
 ARO_ORDER_PERTURBATIONS: tuple[str, ...] = (
     "shuffle_nouns_and_adj",
@@ -197,41 +205,21 @@ ARO_SYMMETRIC_RELATIONS: tuple[str, ...] = (
 )
 
 
-class _Malformed(Exception):
-    """A record that cannot be used (skipped and counted under ``skip_missing``)."""
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise BenchmarkFormatError(f"{path}: file does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BenchmarkFormatError(f"{path}: cannot parse JSON ({error})") from error
-
-
-def _text(record: Mapping[str, Any], key: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise _Malformed(f"missing or empty {key!r}")
-    return value
-
-
 def _box(record: Mapping[str, Any]) -> tuple[float, float, float, float]:
     values = []
     for key in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"):
         value = record.get(key)
         if isinstance(value, bool) or not isinstance(value, Real):
-            raise _Malformed(f"missing or non-numeric {key!r}")
+            raise MalformedRecord(f"missing or non-numeric {key!r}")
         values.append(float(value))
     if values[2] <= 0 or values[3] <= 0:
-        raise _Malformed(f"empty box (bbox_w={values[2]:g}, bbox_h={values[3]:g})")
+        raise MalformedRecord(f"empty box (bbox_w={values[2]:g}, bbox_h={values[3]:g})")
     return values[0], values[1], values[2], values[3]
 
 
 def _load_vg(json_path: str | Path, image_root: str | Path, skip_missing: bool, relation: bool) -> Benchmark:
     path = Path(json_path)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list) or not data:
         raise BenchmarkFormatError(f"{path}: expected a non-empty JSON list of records")
     items: list[Item] = []
@@ -241,12 +229,12 @@ def _load_vg(json_path: str | Path, image_root: str | Path, skip_missing: bool, 
         where = f"{path}, record {rid}"
         try:
             if not isinstance(record, Mapping):
-                raise _Malformed(f"expected an object, got {type(record).__name__}")
-            image_name = _text(record, "image_path")
+                raise MalformedRecord(f"expected an object, got {type(record).__name__}")
+            image_name = required_text(record, "image_path")
             box = _box(record)
-            texts = [_text(record, "false_caption"), _text(record, "true_caption")]
+            texts = [required_text(record, "false_caption"), required_text(record, "true_caption")]
             if relation:
-                group = _text(record, "relation_name")
+                group = required_text(record, "relation_name")
             else:
                 attributes = record.get("attributes")
                 if (
@@ -254,9 +242,9 @@ def _load_vg(json_path: str | Path, image_root: str | Path, skip_missing: bool, 
                     or len(attributes) != 2
                     or not all(isinstance(a, str) and a for a in attributes)
                 ):
-                    raise _Malformed("'attributes' must be a list of two non-empty strings")
+                    raise MalformedRecord("'attributes' must be a list of two non-empty strings")
                 group = f"{attributes[0]}_{attributes[1]}"
-        except _Malformed as error:
+        except MalformedRecord as error:
             if skip_missing:
                 skipped += 1
                 continue
@@ -313,7 +301,7 @@ def _order_annotations(path: Path, split: str) -> list[tuple[str, list[Any]]]:
     of ``{"image", "caption": [...]}``) or Karpathy's ``dataset_coco.json`` / ``dataset_flickr30k.json``
     (``{"images": [{"filepath"?, "filename", "split", "sentences": [{"raw"}]}]}``, images of ``split``).
     """
-    data = _read_json(path)
+    data = read_json(path)
     annotations: list[tuple[str, list[Any]]] = []
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         for index, image in enumerate(data["images"]):

@@ -7,6 +7,8 @@ text is embedded once, whatever the number of items that use it.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,26 @@ def resolve_image(root: str | Path, name: str, where: str, skip_missing: bool) -
     if skip_missing:
         return None
     raise BenchmarkFormatError(f"{where}: image {path} does not exist (skip_missing: true skips such items)")
+
+
+class MalformedRecord(Exception):
+    """A record that cannot be used: the loader raises it as :class:`BenchmarkFormatError` naming the
+    file and record, or skips and counts the record under ``skip_missing``."""
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, or :class:`BenchmarkFormatError` naming it."""
+    if not path.is_file():
+        raise BenchmarkFormatError(f"{path}: file does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BenchmarkFormatError(f"{path}: cannot parse JSON ({error})") from error
+
+
+def required_text(record: Mapping[str, Any], key: str) -> str:
+    """``record[key]`` as a non-empty string, or :class:`MalformedRecord`."""
+    value = record.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise MalformedRecord(f"missing or empty {key!r}")
+    return value

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkFormatError, ImageRef, Item, resolve_image
+from datamodules.benchmarks.base import Benchmark, BenchmarkFormatError, ImageRef, Item, MalformedRecord, resolve_image
 
 MMVP_CATEGORIES: tuple[str, ...] = (
     "Orientation and Direction",
@@ -31,10 +31,6 @@ MMVP_CATEGORIES: tuple[str, ...] = (
 MMVP_PAIRS_PER_CATEGORY = 15
 MMVP_PROMPT = "a photo of "
 MMVP_IMAGE_FOLDER = "MLLM_VLM Images"
-
-
-class _Malformed(Exception):
-    """A pair that cannot be used (skipped and counted under ``skip_missing``)."""
 
 
 def load_mmvp(
@@ -84,23 +80,23 @@ def load_mmvp(
         where = f"{path}, record {rid}"
         try:
             if len(first) != 3 or len(second) != 3:
-                raise _Malformed("expected 3 columns (Question ID, Type, Statement) per row")
+                raise MalformedRecord("expected 3 columns (Question ID, Type, Statement) per row")
             try:
                 qid1, qid2 = int(first[0]), int(second[0])
             except ValueError:
-                raise _Malformed("non-integer Question ID") from None
+                raise MalformedRecord("non-integer Question ID") from None
             if qid1 % 2 == qid2 % 2:
-                raise _Malformed(
+                raise MalformedRecord(
                     f"the pair's qids {qid1}, {qid2} have the same parity (the official ground "
                     "truth: an odd qid's statement matches the pair's first image)"
                 )
             qtype = first[1]
             statements = [first[2], second[2]]
             if not qtype.strip() or not all(s.strip() for s in statements):
-                raise _Malformed("empty Type or Statement")
+                raise MalformedRecord("empty Type or Statement")
             if qid1 % 2 == 0:  # statement 1 matches image 2: put the statements in image order
                 statements.reverse()
-        except _Malformed as error:
+        except MalformedRecord as error:
             if skip_missing:
                 skipped += 1
                 continue

@@ -12,12 +12,20 @@ than the negative) and TOT (``cos(p1, p2)`` above both ``cos(p1, neg)`` and ``co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkFormatError, ImageRef, Item, resolve_image
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkFormatError,
+    ImageRef,
+    Item,
+    MalformedRecord,
+    read_json,
+    required_text,
+    resolve_image,
+)
 
 SUGARCREPE_CATEGORIES: tuple[str, ...] = (
     "add_att",
@@ -37,26 +45,6 @@ SUGARCREPE_FAMILIES: dict[str, tuple[str, ...]] = {
 SUGARCREPE_PP_CATEGORIES: tuple[str, ...] = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 # An early release of the SugarCrepe repository named the object files *_ent.json.
 _LEGACY_NAMES = {"add_ent": "add_obj", "replace_ent": "replace_obj", "swap_ent": "swap_obj"}
-
-
-class _Malformed(Exception):
-    """A record that cannot be used (skipped and counted under ``skip_missing``)."""
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise BenchmarkFormatError(f"{path}: file does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BenchmarkFormatError(f"{path}: cannot parse JSON ({error})") from error
-
-
-def _text(record: Mapping[str, Any], key: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise _Malformed(f"missing or empty {key!r}")
-    return value
 
 
 def _category_files(
@@ -110,10 +98,10 @@ def _build(
         where = f"{path}, record {rid}"
         try:
             if not isinstance(record, Mapping):
-                raise _Malformed(f"expected an object, got {type(record).__name__}")
-            filename = _text(record, "filename")
-            texts = [_text(record, key) for key in text_keys]
-        except _Malformed as error:
+                raise MalformedRecord(f"expected an object, got {type(record).__name__}")
+            filename = required_text(record, "filename")
+            texts = [required_text(record, key) for key in text_keys]
+        except MalformedRecord as error:
             if skip_missing:
                 skipped += 1
                 continue
@@ -143,7 +131,7 @@ def load_sugarcrepe(
     """
     benchmarks = []
     for category, path in _category_files(json_dir_or_files, SUGARCREPE_CATEGORIES, "SugarCrepe"):
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict) or not data:
             raise BenchmarkFormatError(f"{path}: expected a non-empty JSON object {{id: record}}")
         benchmarks.append(
@@ -178,7 +166,7 @@ def load_sugarcrepe_pp(
     """
     benchmarks = []
     for category, path in _category_files(json_dir_or_files, SUGARCREPE_PP_CATEGORIES, "SugarCrepe++"):
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, list) or not data:
             raise BenchmarkFormatError(f"{path}: expected a non-empty JSON list of records")
         records = [

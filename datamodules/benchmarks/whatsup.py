@@ -23,7 +23,14 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkFormatError, ImageRef, Item, resolve_image
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkFormatError,
+    ImageRef,
+    Item,
+    MalformedRecord,
+    resolve_image,
+)
 
 # relation word in the file name -> (official preposition label, pair name, caption keyword)
 _CONTROLLED_RELATIONS: dict[str, dict[str, tuple[str, str, str]]] = {
@@ -54,10 +61,6 @@ WHATSUP_FILES: dict[str, str] = {
 }
 
 
-class _Malformed(Exception):
-    """A record that cannot be used (skipped and counted under ``skip_missing``)."""
-
-
 def _read_list(path: Path) -> list[Any]:
     if not path.is_file():
         raise BenchmarkFormatError(f"{path}: file does not exist")
@@ -74,9 +77,9 @@ def _options(values: Any, where: str) -> list[str]:
     if not isinstance(values, list) or not values:
         raise BenchmarkFormatError(f"{where}: empty or missing caption options")
     if not all(isinstance(v, str) and v.strip() for v in values):
-        raise _Malformed("caption options must be non-empty strings")
+        raise MalformedRecord("caption options must be non-empty strings")
     if len(values) < 2:
-        raise _Malformed(f"only {len(values)} caption option")
+        raise MalformedRecord(f"only {len(values)} caption option")
     return list(values)
 
 
@@ -141,18 +144,18 @@ def load_whatsup_controlled(
         where = f"{path}, record {rid}"
         try:
             if not isinstance(record, Mapping):
-                raise _Malformed(f"expected an object, got {type(record).__name__}")
+                raise MalformedRecord(f"expected an object, got {type(record).__name__}")
             image_path = record.get("image_path")
             if not isinstance(image_path, str) or not image_path.strip():
-                raise _Malformed("missing or empty 'image_path'")
+                raise MalformedRecord("missing or empty 'image_path'")
             texts = _options(record.get("caption_options"), where)
             parts = PurePosixPath(image_path).stem.split("_")
             if len(parts) < 3 or parts[1] not in relations:
-                raise _Malformed(
+                raise MalformedRecord(
                     f"image name {PurePosixPath(image_path).name!r} is not <obj1>_<relation>_<obj2> "
                     f"with a relation in {sorted(relations)}"
                 )
-        except _Malformed as error:
+        except MalformedRecord as error:
             if skip_missing:
                 skipped += 1
                 continue
@@ -235,17 +238,17 @@ def load_whatsup_qa(
         where = f"{path}, record {rid}"
         try:
             if not isinstance(record, list) or len(record) < 1:
-                raise _Malformed("expected [image_id, true_caption, false_caption]")
+                raise MalformedRecord("expected [image_id, true_caption, false_caption]")
             if len(record) < 2:
                 raise BenchmarkFormatError(f"{where}: empty or missing caption options")
             image_id = record[0]
             if isinstance(image_id, bool) or not isinstance(image_id, (int, str)) or not str(image_id).strip():
-                raise _Malformed(f"bad image id {image_id!r}")
+                raise MalformedRecord(f"bad image id {image_id!r}")
             texts = _options(list(record[1:]), where)
             if len(texts) != 2:
-                raise _Malformed(f"expected 2 caption options, got {len(texts)}")
+                raise MalformedRecord(f"expected 2 caption options, got {len(texts)}")
             name = f"{str(image_id).zfill(12)}.jpg" if source == "coco" else f"{image_id}.jpg"
-        except _Malformed as error:
+        except MalformedRecord as error:
             if skip_missing:
                 skipped += 1
                 continue

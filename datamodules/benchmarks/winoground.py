@@ -12,18 +12,15 @@ import json
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from datamodules.benchmarks.base import Benchmark, BenchmarkFormatError, ImageRef, Item, resolve_image
-
-
-class _Malformed(Exception):
-    """A record that cannot be used (skipped and counted under ``skip_missing``)."""
-
-
-def _text(record: Mapping, key: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise _Malformed(f"missing or empty {key!r}")
-    return value
+from datamodules.benchmarks.base import (
+    Benchmark,
+    BenchmarkFormatError,
+    ImageRef,
+    Item,
+    MalformedRecord,
+    required_text,
+    resolve_image,
+)
 
 
 def load_winoground(examples_jsonl: str | Path, image_root: str | Path, skip_missing: bool = False) -> Benchmark:
@@ -54,15 +51,15 @@ def load_winoground(examples_jsonl: str | Path, image_root: str | Path, skip_mis
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise _Malformed(f"cannot parse JSON ({error})") from None
+                    raise MalformedRecord(f"cannot parse JSON ({error})") from None
                 if not isinstance(record, Mapping):
-                    raise _Malformed(f"expected an object, got {type(record).__name__}")
+                    raise MalformedRecord(f"expected an object, got {type(record).__name__}")
                 if record.get("id") is not None:
                     rid = str(record["id"])
-                names = [_text(record, "image_0"), _text(record, "image_1")]
-                texts = [_text(record, "caption_0"), _text(record, "caption_1")]
-                tag = _text(record, "tag")
-            except _Malformed as error:
+                names = [required_text(record, "image_0"), required_text(record, "image_1")]
+                texts = [required_text(record, "caption_0"), required_text(record, "caption_1")]
+                tag = required_text(record, "tag")
+            except MalformedRecord as error:
                 if skip_missing:
                     skipped += 1
                     continue
