@@ -33,6 +33,7 @@ from datamodules.benchmarks import (
     compositional_benchmarks,
     load_classification,
     load_karpathy,
+    sugarcrepe_averages,
 )
 from datamodules.benchmarks.shapesworld import SHAPE_TEMPLATES, shapesworld_benchmarks
 from datamodules.shapesworld import SHAPES
@@ -66,6 +67,8 @@ def load_benchmarks(
     "n_spatial": 100, "per_class": 20}`` is every ShapesWorld counterpart, retrieval and zero-shot shape
     classification included (generated offline on first use, read by the same loaders as the real
     files); ``classification`` needs the model's eval ``transform``."""
+    from datamodules.benchmarks import sugarcrepe
+
     loaders = _loaders()
     benchmarks: list[Benchmark] = []
     for spec in specs:
@@ -90,6 +93,12 @@ def load_benchmarks(
                     name="shapesworld/shape_classification",
                 )
             )
+        elif kind == "brittleness":  # SugarCrepe++-format files: caption, rewrite, negative
+            loaded = []
+            for benchmark in sugarcrepe.load_sugarcrepe_pp(**spec):
+                benchmark.protocol = "brittleness"
+                benchmark.name = benchmark.name.replace("sugarcrepe_pp/", "brittleness/")
+                loaded.append(benchmark)
         elif kind == "classification":
             loaded = load_classification(transform=transform, **spec)
         elif kind in loaders:
@@ -178,6 +187,9 @@ def evaluate_suite(
                 "items": len(labels),
                 "skipped": data.skipped,
             }
+    categories = {name: r["accuracy"] for name, r in results.items() if name.startswith("sugarcrepe/")}
+    if averages := sugarcrepe_averages(categories):  # the paper's REPLACE / SWAP / ADD
+        results["sugarcrepe/averages"] = {**averages, "items": sum(results[n]["items"] for n in categories)}
     return results
 
 

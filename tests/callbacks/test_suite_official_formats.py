@@ -137,3 +137,52 @@ def test_whatsup_controlled_images(tmp_path):
     # relaxed: left/right pair 0.75/1.30 (image 1 on "left") > 0.80/1.55 (image 2 on "left"): right
     assert figures["relaxed_pair_accuracy"] == 1.0
     assert figures["pair_image_cosine"] == 0.0  # orthogonal image vectors by construction
+
+
+def test_sugarcrepe_family_average_and_brittleness_on_sugarcrepe_pp_files(tmp_path):
+    for i in (1, 2):
+        _image(tmp_path / "val2017" / f"{i:012d}.jpg", i)
+    for category, (pos, neg) in {"swap_att": ("pa", "na"), "swap_obj": ("po", "no")}.items():
+        records = {
+            "0": {"filename": f"{1:012d}.jpg", "caption": pos, "negative_caption": neg},
+            "1": {"filename": f"{2:012d}.jpg", "caption": pos + "2", "negative_caption": neg + "2"},
+        }
+        (tmp_path / f"{category}.json").write_text(json.dumps(records))
+    # swap_att: both right; swap_obj: one right -> SWAP = (1 + 0.5) / 2
+    sims = {
+        (1, "pa"): 0.5,
+        (1, "na"): 0.1,
+        (2, "pa2"): 0.5,
+        (2, "na2"): 0.1,
+        (1, "po"): 0.5,
+        (1, "no"): 0.1,
+        (2, "po2"): 0.1,
+        (2, "no2"): 0.5,
+    }
+    files = [str(tmp_path / "swap_att.json"), str(tmp_path / "swap_obj.json")]
+    spec = {"kind": "sugarcrepe", "json_dir_or_files": files, "image_root": str(tmp_path / "val2017")}
+    results = evaluate_suite(HandSetModel(sims), load_benchmarks([spec]), num_workers=0)
+    assert results["sugarcrepe/averages"] == {"swap": 0.75, "items": 4}
+
+    pp = [
+        {"id": 0, "filename": f"{1:012d}.jpg", "caption": "p", "caption2": "p rewritten", "negative_caption": "n"},
+        {"id": 1, "filename": f"{2:012d}.jpg", "caption": "q", "caption2": "q rewritten", "negative_caption": "m"},
+    ]
+    (tmp_path / "pp").mkdir()
+    (tmp_path / "pp" / "swap_obj.json").write_text(json.dumps(pp))
+    sims = {
+        (1, "p"): 0.5,
+        (1, "p rewritten"): 0.4,
+        (1, "n"): 0.1,  # positive > rewrite > negative: holds
+        (2, "q"): 0.5,
+        (2, "q rewritten"): 0.05,
+        (2, "m"): 0.1,
+    }  # the rewrite falls below the negative
+    spec = {
+        "kind": "brittleness",
+        "json_dir_or_files": [str(tmp_path / "pp" / "swap_obj.json")],
+        "image_root": str(tmp_path / "val2017"),
+    }
+    results = evaluate_suite(HandSetModel(sims), load_benchmarks([spec]), num_workers=0)
+    (name,) = results
+    assert name.startswith("brittleness/") and results[name]["brittleness"] == 0.5
