@@ -186,3 +186,77 @@ def test_sugarcrepe_family_average_and_brittleness_on_sugarcrepe_pp_files(tmp_pa
     results = evaluate_suite(HandSetModel(sims), load_benchmarks([spec]), num_workers=0)
     (name,) = results
     assert name.startswith("brittleness/") and results[name]["brittleness"] == 0.5
+
+
+def test_aro_vg_relation_crops_the_box(tmp_path):
+    # one image, left half red 1, right half red 2: the box decides which "image" the model sees
+    image = Image.new("RGB", (8, 8), (1, 0, 0))
+    image.paste((2, 0, 0), (4, 0, 8, 8))
+    (tmp_path / "images").mkdir()
+    image.save(tmp_path / "images" / "1.jpg", format="PNG")
+    records = [
+        {
+            "image_path": "1.jpg",
+            "bbox_x": 0,
+            "bbox_y": 0,
+            "bbox_w": 4,
+            "bbox_h": 8,
+            "relation_name": "on",
+            "true_caption": "t1",
+            "false_caption": "f1",
+        },
+        {
+            "image_path": "1.jpg",
+            "bbox_x": 4,
+            "bbox_y": 0,
+            "bbox_w": 4,
+            "bbox_h": 8,
+            "relation_name": "on",
+            "true_caption": "t2",
+            "false_caption": "f2",
+        },
+    ]
+    (tmp_path / "visual_genome_relation.json").write_text(json.dumps(records))
+    # crop 1 (left) prefers its true caption; crop 2 (right) would only be right if it were the left crop
+    sims = {(1, "t1"): 0.5, (1, "f1"): 0.1, (1, "t2"): 0.9, (2, "t2"): 0.1, (2, "f2"): 0.5}
+    spec = {
+        "kind": "vg_relation",
+        "json_path": str(tmp_path / "visual_genome_relation.json"),
+        "image_root": str(tmp_path / "images"),
+    }
+    figures = evaluate_suite(HandSetModel(sims), load_benchmarks([spec]), num_workers=0)["aro/vg_relation"]
+    assert figures["accuracy"] == 0.5 and figures["macro_accuracy"] == 0.5
+
+
+def test_mmvp_vlm_csv(tmp_path):
+    import csv
+
+    root = tmp_path / "MMVP_VLM"
+    for qid, red in ((1, 1), (2, 2), (3, 3), (4, 4)):
+        _image(root / "MLLM_VLM Images" / "Orientation" / f"{qid}.jpg", red)
+    with (root / "Questions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Question ID", "Type", "Statement"])
+        writer.writerows(
+            [
+                (1, "Orientation", "left"),
+                (2, "Orientation", "right"),
+                (3, "Orientation", "up"),
+                (4, "Orientation", "down"),
+            ]
+        )
+    sims = {
+        (1, "left"): 0.6,
+        (2, "left"): 0.2,
+        (1, "right"): 0.1,
+        (2, "right"): 0.5,  # pair 1 right
+        (3, "up"): 0.6,
+        (4, "up"): 0.2,
+        (3, "down"): 0.5,
+        (4, "down"): 0.5,
+    }  # pair 2: a tie on "down"
+    spec = {"kind": "mmvp", "questions_csv": str(root / "Questions.csv"), "prompt": ""}
+    benchmarks = load_benchmarks([spec])
+    assert evaluate_suite(HandSetModel(sims), benchmarks, num_workers=0)["mmvp_vlm"]["pair_accuracy"] == 0.5
+    benchmarks[0].options["tie_rule"] = "reference"  # the official script counts that tie as right
+    assert evaluate_suite(HandSetModel(sims), benchmarks, num_workers=0)["mmvp_vlm"]["pair_accuracy"] == 1.0
