@@ -13,6 +13,7 @@ traversal order changes with ``PYTHONHASHSEED``; sorting makes the draws reprodu
 from __future__ import annotations
 
 import bisect
+import os
 import random
 import sys
 from array import array
@@ -104,6 +105,7 @@ class Lexicon:
 
     def _reset(self) -> None:
         self._wn: Any = None
+        self._wn_pid: int | None = None
         self._counts: dict[str, int] | None = None
         self._replacements: dict[tuple[str, str], Candidates] = {}
         self._by_synsets: dict[tuple[str, ...], Candidates] = {}
@@ -119,8 +121,9 @@ class Lexicon:
 
     @property
     def wordnet(self) -> Any:
-        if self._wn is None:
-            self._wn = load_wordnet()
+        """This process's reader: a forked worker must not read through its parent's open files."""
+        if self._wn is None or self._wn_pid != os.getpid():
+            self._wn, self._wn_pid = load_wordnet(), os.getpid()
         return self._wn
 
     def lemma_count(self, lemma: Any) -> int:

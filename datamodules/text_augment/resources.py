@@ -121,9 +121,18 @@ def _prepare_corpus_dir(source: Path) -> Path:
     raise MissingResourceError(f"Could not write a WordNet cache folder (set {CACHE_ENV} to a writable folder).")
 
 
-@functools.cache
 def load_wordnet() -> Any:
-    """NLTK ``WordNetCorpusReader`` over the WordNet 3.0 files. Cached per process (~1.5 s to load)."""
+    """NLTK ``WordNetCorpusReader`` over the WordNet 3.0 files. Cached per process (~1.5 s to load).
+
+    The cache is keyed by process id: the reader keeps its data files open, and a forked DataLoader
+    worker would otherwise share their file offsets with its siblings, so concurrent ``seek`` +
+    ``readline`` calls read each other's lines and NLTK returns ``None`` synsets.
+    """
+    return _load_wordnet(os.getpid())
+
+
+@functools.cache
+def _load_wordnet(pid: int) -> Any:
     import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 

@@ -379,3 +379,24 @@ def test_analysis_cache_lru_disk_and_pickle(tmp_path):
 def test_aro_pre_caption():
     assert aro_pre_caption("A man (riding)  a wave.", 30) == "a man riding a wave"
     assert aro_pre_caption("one two three", 2) == "one two"
+
+
+def _child_reads_own_wordnet(lexicon, parent_reader, queue):  # module level: forked target
+    queue.put(lexicon.wordnet is not parent_reader and lexicon.wordnet is lexicon.wordnet)
+
+
+def test_forked_workers_open_their_own_wordnet_files():
+    """A forked DataLoader worker sharing its parent's open WordNet files (and so their offsets)
+    reads its siblings' lines: NLTK then returns ``None`` synsets mid-traversal."""
+    import multiprocessing
+
+    lexicon = Lexicon()
+    parent_reader = lexicon.wordnet
+    assert lexicon.replacements("red", "a")  # the parent has used its files
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_reads_own_wordnet, args=(lexicon, parent_reader, queue))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0 and queue.get(timeout=5) is True
+    assert lexicon.wordnet is parent_reader  # the parent keeps its reader
