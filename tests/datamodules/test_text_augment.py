@@ -348,13 +348,13 @@ def test_missing_spacy_model_says_what_to_install(monkeypatch):
 
 def test_missing_wordnet_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv(resources.WORDNET_ENV, str(tmp_path / "no-wordnet-here"))
-    resources.load_wordnet.cache_clear()
+    resources._load_wordnet.cache_clear()
     try:
         with pytest.raises(MissingResourceError, match="apt-get install wordnet-base") as info:
             Replace(analyzer=Analyzer(), lexicon=Lexicon())(SURF, random.Random(0))
         assert resources.WORDNET_ENV in str(info.value)
     finally:
-        resources.load_wordnet.cache_clear()
+        resources._load_wordnet.cache_clear()
 
 
 def test_lexnames_file():
