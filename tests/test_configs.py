@@ -56,3 +56,21 @@ def test_eval_configs_stack_on_clip(config, tmp_path, monkeypatch):
     args = ["--config", str(ROOT / "configs" / "clip.yaml"), "--config", str(config)]
     cli = train.main(["validate", *args, "--trainer.fast_dev_run", "true"])
     assert any(k.startswith("val/suite/shapesworld/") for k in cli.trainer.callback_metrics)
+
+
+STACKED = sorted(
+    p for p in (ROOT / "configs").glob("*/*.yaml") if (ROOT / "configs" / f"{p.parent.name}.yaml").is_file()
+)
+
+
+def test_stacked_configs_are_found():
+    assert ROOT / "configs" / "fsc_clip" / "no_local.yaml" in STACKED
+
+
+@pytest.mark.parametrize("config", STACKED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_stacked_config_fits(config, tmp_path, monkeypatch):
+    """configs/<method>/*.yaml (e.g. the paper's ablations) stack on configs/<method>.yaml."""
+    monkeypatch.chdir(tmp_path)
+    base = ROOT / "configs" / f"{config.parent.name}.yaml"
+    cli = train.main(["fit", "--config", str(base), "--config", str(config), "--trainer.fast_dev_run", "true"])
+    assert cli.trainer.state.finished and "train/loss" in cli.trainer.callback_metrics

@@ -2,6 +2,7 @@
 
 from zoo.base import ZooModule
 from zoo.clip import CLIP
+from zoo.fsc_clip import FSCCLIP
 from zoo.negclip import NegCLIP
 
-__all__ = ["CLIP", "NegCLIP", "ZooModule"]
+__all__ = ["CLIP", "FSCCLIP", "NegCLIP", "ZooModule"]

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from zoo.losses import contrastive_loss, negclip_loss
+from zoo.losses.fsc import fsc_hard_negative_losses
 
 B, K, D_IN, D = 4, 2, 12, 8
 
@@ -23,6 +24,10 @@ def _problem():
         "mask": torch.rand(2 * B, K) > 0.3,
         "ids": torch.tensor([0, 1, 2, 3, 0, 5, 6, 3]),  # images 0 and 3 appear on both ranks
     }
+    # rank 0 keeps a single row with negatives: a mean of per-rank means would differ from the global mean
+    data["fsc_mask"] = data["mask"].clone()
+    data["fsc_mask"][:3] = False
+    data["fsc_mask"][3] = True
     image_tower, text_tower = torch.nn.Linear(D_IN, D), torch.nn.Linear(D_IN, D)
     logit_scale = torch.nn.Parameter(torch.tensor([2.0]))
     return data, [image_tower, text_tower, logit_scale]
@@ -34,9 +39,14 @@ def _loss_and_grads(loss_name, data, params):
     texts = F.normalize(text_tower(data["texts"]), dim=-1)
     if loss_name == "clip":
         loss = contrastive_loss(images, texts, logit_scale.exp())["contrastive_loss"]
-    else:
+    elif loss_name == "negclip":
         negatives = F.normalize(text_tower(data["negatives"]), dim=-1)
         loss = negclip_loss(images, texts, negatives, data["mask"], logit_scale.exp(), data["ids"])["negclip_loss"]
+    else:  # FSC-CLIP: CLIP over the originals + the calibrated hard-negative loss, exact global mean
+        negatives = F.normalize(text_tower(data["negatives"]), dim=-1)
+        hn = fsc_hard_negative_losses(images, texts, negatives, data["fsc_mask"], logit_scale.exp())
+        hn = hn["global_hn_loss"]
+        loss = contrastive_loss(images, texts, logit_scale.exp())["contrastive_loss"] + 0.5 * hn
     loss.backward()
     grads = [p.grad for m in params[:2] for p in m.parameters()] + [logit_scale.grad]
     return loss.detach(), grads
@@ -62,7 +72,7 @@ def _free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_name", ["clip", "negclip"])
+@pytest.mark.parametrize("loss_name", ["clip", "negclip", "fsc"])
 def test_two_processes_equal_one(loss_name, tmp_path):
     mp.spawn(_worker, args=(loss_name, _free_port(), str(tmp_path)), nprocs=2, join=True)
     data, params = _problem()

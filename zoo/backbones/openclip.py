@@ -104,6 +104,15 @@ class OpenCLIPBackbone(nn.Module):
         """Token ids ``[N, context_length]`` on the backbone's device."""
         return self.tokenizer(texts).to(self.model.logit_scale.device)
 
+    def token_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, L]`` True for real tokens other than start-of-text (padding and SOT dropped, EOT kept)."""
+        sot = getattr(self.tokenizer, "sot_token_id", None)
+        pad = getattr(self.tokenizer, "pad_token_id", 0) or 0
+        mask = tokens != pad
+        if sot is not None:
+            mask &= tokens != sot
+        return mask
+
     # -------------------------------------------------------------------------------- encoders
     @property
     def logit_scale(self) -> torch.Tensor:
