@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from zoo.backbones import OpenCLIPBackbone
 from zoo.base import ZooModule
@@ -20,8 +21,8 @@ class CLIP(ZooModule):
     :meth:`export_open_clip`; ``CLIP.load_from_checkpoint(path)`` needs nothing but this package.
 
     Args:
-        model_name, pretrained, model_cfg, lock_image, lock_text, grad_checkpointing:
-            see :class:`zoo.backbones.OpenCLIPBackbone`.
+        model_name, pretrained, model_cfg, lock_image, lock_text, grad_checkpointing, lora_rank,
+            lora_alpha, lora_towers: see :class:`zoo.backbones.OpenCLIPBackbone`.
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (``lr``, ``weight_decay``, ...).
     """
 
@@ -33,6 +34,9 @@ class CLIP(ZooModule):
         lock_image: bool = False,
         lock_text: bool = False,
         grad_checkpointing: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: float = 1.0,
+        lora_towers: tuple[str, ...] = ("image", "text"),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -44,6 +48,9 @@ class CLIP(ZooModule):
             lock_image=lock_image,
             lock_text=lock_text,
             grad_checkpointing=grad_checkpointing,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_towers=lora_towers,
         )
 
     # ------------------------------------------------------------------------------ public API
@@ -77,6 +84,9 @@ class CLIP(ZooModule):
         image_features = self.backbone.encode_image(batch["image"])
         text_features = self.backbone.encode_text(batch["text"])
         return contrastive_loss(image_features, text_features, self.backbone.logit_scale)
+
+    def on_fit_start(self) -> None:
+        rank_zero_info(f"Trainable parameters of {type(self).__name__}:\n{self.backbone.parameter_table()}")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.backbone.clamp_logit_scale_()

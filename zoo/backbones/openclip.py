@@ -20,9 +20,13 @@ import open_clip
 import torch
 from open_clip.model import get_model_preprocess_cfg, set_model_preprocess_cfg
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from zoo.backbones.lora import add_lora, has_lora, merged_state_dict, parameter_table
+
 MAX_LOGIT_SCALE = 100.0
+PROBE_CAPTIONS = ["a red circle left of a blue square", "two green triangles", "a photo of a dog on a sofa"]
 
 
 def _tokenizer_from_cfg(model_cfg: dict[str, Any]) -> Callable:
@@ -64,6 +68,10 @@ class OpenCLIPBackbone(nn.Module):
         lock_text: freeze the text tower.
         grad_checkpointing: activation checkpointing in both towers.
         cache_dir: where open_clip caches downloaded weights.
+        lora_rank: > 0 adds LoRA adapters (see :mod:`zoo.backbones.lora`) and freezes everything
+            else, the logit scale included.
+        lora_alpha: LoRA scaling numerator (the update is ``lora_alpha / lora_rank · B·A``).
+        lora_towers: which towers get adapters (``image``, ``text``).
     """
 
     def __init__(
@@ -75,6 +83,9 @@ class OpenCLIPBackbone(nn.Module):
         lock_text: bool = False,
         grad_checkpointing: bool = False,
         cache_dir: str | None = None,
+        lora_rank: int = 0,
+        lora_alpha: float = 1.0,
+        lora_towers: tuple[str, ...] = ("image", "text"),
     ) -> None:
         super().__init__()
         self.model_name = model_name
@@ -92,6 +103,8 @@ class OpenCLIPBackbone(nn.Module):
             self.model.lock_image_tower()
         if lock_text:
             self.model.lock_text_tower()
+        if lora_rank:
+            add_lora(self.model, lora_rank, lora_alpha, tuple(lora_towers))
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
 
@@ -162,9 +175,16 @@ class OpenCLIPBackbone(nn.Module):
         return dense
 
     # ---------------------------------------------------------------------------------- export
+    def parameter_table(self) -> str:
+        """Trainable / total parameters per tower and module type."""
+        return parameter_table(self.model)
+
     def open_clip_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict in open_clip's own layout (0-d ``logit_scale``)."""
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        """State dict in open_clip's own layout (0-d ``logit_scale``; LoRA adapters merged in fp32)."""
+        if has_lora(self.model):
+            state = merged_state_dict(self.model)
+        else:
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         for key in ("logit_scale", "logit_bias"):
             if key in state:
                 state[key] = state[key].reshape(())
@@ -183,7 +203,30 @@ class OpenCLIPBackbone(nn.Module):
         (out / "open_clip_config.json").write_text(json.dumps(config, indent=2, default=list))
         weights = out / "open_clip_pytorch_model.bin"
         torch.save(self.open_clip_state_dict(), weights)
+        if has_lora(self.model):
+            report = {"lora_merged": True, "max_abs_embedding_diff": self.merge_difference(out)}
+            (out / "lora_merge.json").write_text(json.dumps(report, indent=2))
+            rank_zero_info(f"LoRA merged into {weights}: max |embedding difference| {report['max_abs_embedding_diff']}")
         return weights
+
+    @torch.no_grad()
+    def merge_difference(self, export_dir: str | Path) -> dict[str, float]:
+        """Max absolute difference between this model's embeddings and those of its export loaded by
+        plain open_clip (``local-dir:``), on a fixed probe batch of random images and captions, in fp32."""
+        merged = open_clip.create_model(f"local-dir:{export_dir}").eval()
+        size = merged.visual.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        images = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(0))
+        tokens = self.tokenizer(PROBE_CAPTIONS)
+        device, was_training = self.model.logit_scale.device, self.model.training
+        self.model.eval()
+        ours = {
+            "image": self.encode_image(images.to(device)).float().cpu(),
+            "text": self.encode_text(tokens.to(device)).float().cpu(),
+        }
+        self.model.train(was_training)
+        theirs = {"image": merged.encode_image(images, normalize=True), "text": merged.encode_text(tokens, normalize=True)}
+        return {tower: (ours[tower] - theirs[tower]).abs().max().item() for tower in ours}
 
 
 def _project(x: torch.Tensor, projection: nn.Module | torch.Tensor | None) -> torch.Tensor:
