@@ -297,6 +297,14 @@ def specs_from_config(path: str | Path) -> list[dict[str, Any]]:
     raise ValueError(f"{path} configures no callbacks.EvaluationSuite")
 
 
+def suite_benchmarks(config: str | Path, model: LightningModule) -> list[Benchmark | RetrievalSet | ClassificationSet]:
+    """The benchmarks of a suite YAML, ShapesWorld's generated with the data module's defaults."""
+    from datamodules import ImageCaptionDataModule
+
+    transform = model.data_transforms()["eval_transform"]
+    return load_benchmarks(specs_from_config(config), ImageCaptionDataModule(), transform)
+
+
 def compare(reports: list[str | Path], out_dir: str | Path) -> str:
     """Side-by-side Markdown table of several suite JSON reports (written to ``out_dir/compare.md``)
     and one PNG bar chart per benchmark family (the name before ``/``). Returns the table."""
@@ -351,8 +359,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import argparse
     import json
 
-    from datamodules import ImageCaptionDataModule
-
     argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     if argv[:1] == ["compare"]:
         parser = argparse.ArgumentParser(prog="python -m callbacks.suite compare")
@@ -383,8 +389,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = zoo.CLIP(model_name=args.model, pretrained=args.pretrained)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
-    transform = model.data_transforms()["eval_transform"]
-    benchmarks = load_benchmarks(specs_from_config(args.benchmarks), ImageCaptionDataModule(), transform)
+    benchmarks = suite_benchmarks(args.benchmarks, model)
     results = evaluate_suite(model, benchmarks, batch_size=args.batch_size, num_workers=args.num_workers)
     report = {
         "benchmarks": results,

@@ -114,3 +114,15 @@ def test_checkpoint_round_trip_rebuilds_the_adapters(tiny_cfg):
     clone.load_state_dict(model.state_dict())  # strict: the same adapters exist after a rebuild
     images, tokens = _inputs(model)
     assert torch.equal(clone.eval().encode_image(images), model.eval().encode_image(images))
+
+
+def test_plain_open_clip_weights_load_as_the_frozen_base(tiny_cfg):
+    torch.manual_seed(5)
+    plain = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg).eval()
+    model = _model(tiny_cfg).eval()  # other random base weights
+    images, tokens = _inputs(model)
+    model.backbone.load_open_clip_state_dict(plain.backbone.open_clip_state_dict())
+    assert torch.equal(model.encode_image(images), plain.encode_image(images))
+    assert torch.equal(model.encode_text(tokens), plain.encode_text(tokens))
+    with pytest.raises(RuntimeError, match="do not fit"):
+        model.backbone.load_open_clip_state_dict({"visual.no_such_weight": torch.zeros(1)})

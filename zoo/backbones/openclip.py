@@ -190,6 +190,21 @@ class OpenCLIPBackbone(nn.Module):
                 state[key] = state[key].reshape(())
         return state
 
+    def load_open_clip_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights in open_clip's own layout (the inverse of :meth:`open_clip_state_dict`). With
+        LoRA, they become the frozen base weights and the adapters are left as they are."""
+        own = self.model.state_dict()
+        mapped = {}
+        for key, value in state.items():
+            module, _, name = key.rpartition(".")
+            base = f"{module}.parametrizations.{name}.original"
+            key = base if base in own else key
+            mapped[key] = value.reshape(own[key].shape) if key in own else value
+        missing, unexpected = self.model.load_state_dict(mapped, strict=False)
+        missing = [key for key in missing if "lora_" not in key]
+        if missing or unexpected:
+            raise RuntimeError(f"open_clip weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
     def export_open_clip(self, out_dir: str | Path) -> Path:
         """Write ``open_clip_config.json`` + ``open_clip_pytorch_model.bin`` to ``out_dir``.
 

@@ -1,0 +1,159 @@
+"""WiSE-FT (Wortsman et al., 2022) weight-space ensembles: θ_α = (1 − α)·θ_0 + α·θ_1, each point scored
+by the evaluation suite, as FSC-CLIP's trade-off figure (compositionality vs zero-shot / retrieval).
+
+    python -m callbacks.wise_ft --zeroshot ViT-B-32-quickgelu --zeroshot-pretrained openai \\
+        --finetuned runs/fsc_clip/.../last.ckpt --benchmarks configs/eval/suite.yaml --out wise_ft/
+
+θ_0 and θ_1 are each a zoo checkpoint (``.ckpt``, any CLIP-family method; LoRA adapters merged) or an
+open_clip model (a name with ``--*-pretrained``, or ``local-dir:``). Writes ``wise_ft.json`` (every
+point's suite figures and the two axis summaries) and ``wise_ft.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from callbacks.suite import describe_model, evaluate_suite, suite_benchmarks
+from zoo.backbones import OpenCLIPBackbone
+
+# "benchmark/metric" patterns averaged into each axis of the trade-off plot
+AXES = {
+    "compositionality": ["*/accuracy"],
+    "zero_shot": ["*/top1"],
+    "retrieval": ["*/i2t_R@1", "*/t2i_R@1"],
+}
+
+
+def load_backbone(spec: str, pretrained: str | None = None) -> OpenCLIPBackbone:
+    """A backbone from a zoo checkpoint (``.ckpt``) or an open_clip model name / ``local-dir:``."""
+    if not spec.endswith(".ckpt"):
+        return OpenCLIPBackbone(model_name=spec, pretrained=pretrained)
+    checkpoint = torch.load(spec, map_location="cpu", weights_only=False)
+    hparams = checkpoint.get("hyper_parameters", {})
+    accepted = set(inspect.signature(OpenCLIPBackbone).parameters) - {"grad_checkpointing", "pretrained"}
+    backbone = OpenCLIPBackbone(**{k: v for k, v in hparams.items() if k in accepted})
+    prefix = "backbone."
+    backbone.load_state_dict({k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    return backbone
+
+
+def interpolate(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 − α)·θ_0 + α·θ_1 for floating tensors; any other tensor must be equal in both."""
+    if theta0.keys() != theta1.keys():
+        raise ValueError(f"the two models differ in weights: {sorted(theta0.keys() ^ theta1.keys())[:5]} ...")
+    out = {}
+    for key, w0 in theta0.items():
+        w1 = theta1[key]
+        if w0.shape != w1.shape:
+            raise ValueError(f"{key}: shape {tuple(w0.shape)} vs {tuple(w1.shape)}: not the same architecture")
+        if w0.is_floating_point():
+            out[key] = torch.lerp(w0.float(), w1.float(), alpha).to(w0.dtype)
+        elif torch.equal(w0, w1):
+            out[key] = w0
+        else:
+            raise ValueError(f"{key}: non-float tensors differ between the two models")
+    return out
+
+
+def axis_value(results: dict[str, dict], patterns: list[str]) -> float | None:
+    """Mean of the suite figures whose ``benchmark/metric`` key matches one of ``patterns``."""
+    values = [
+        v
+        for name, figures in results.items()
+        for metric, v in figures.items()
+        if isinstance(v, float) and any(fnmatch.fnmatchcase(f"{name}/{metric}", p) for p in patterns)
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def wise_ft(
+    theta0: OpenCLIPBackbone,
+    theta1: OpenCLIPBackbone,
+    benchmarks_config: str | Path,
+    alphas: list[float],
+    batch_size: int = 128,
+    num_workers: int = 2,
+) -> dict[str, Any]:
+    """Suite figures of every interpolation point, plus each point's axis summaries."""
+    import zoo
+
+    state0, state1 = theta0.open_clip_state_dict(), theta1.open_clip_state_dict()
+    model = zoo.CLIP(model_name=theta0.model_name, model_cfg=theta0.model_cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    benchmarks = suite_benchmarks(benchmarks_config, model)
+    points = []
+    for alpha in alphas:
+        model.backbone.load_open_clip_state_dict(interpolate(state0, state1, alpha))
+        results = evaluate_suite(model, benchmarks, batch_size=batch_size, num_workers=num_workers)
+        summary = {axis: axis_value(results, patterns) for axis, patterns in AXES.items()}
+        print(f"alpha {alpha:.2f}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in summary.items() if v is not None))
+        points.append({"alpha": alpha, **summary, "benchmarks": results})
+    return {"axes": AXES, "points": points, "model": describe_model(model)}
+
+
+def plot(report: dict[str, Any], path: str | Path) -> None:
+    """Compositionality (y) against zero-shot classification and retrieval (x), one point per α."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = report["points"]
+    panels = [axis for axis in ("zero_shot", "retrieval") if all(p[axis] is not None for p in points)]
+    if not panels or any(p["compositionality"] is None for p in points):
+        raise ValueError("the suite reported no compositional accuracy or no zero-shot / retrieval figure to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, axis in zip(axes[0], panels):
+        xs = [100 * p[axis] for p in points]
+        ys = [100 * p["compositionality"] for p in points]
+        ax.plot(xs, ys, "-o", color="tab:blue", markersize=4)
+        for p, x, y in zip(points, xs, ys):
+            ax.annotate(f"{p['alpha']:.1f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.scatter(xs[:1], ys[:1], color="tab:gray", zorder=3, label="θ0 (α=0)")
+        ax.scatter(xs[-1:], ys[-1:], color="tab:red", zorder=3, label="θ1 (α=1)")
+        ax.set_xlabel({"zero_shot": "zero-shot classification top-1 (%)", "retrieval": "retrieval R@1 (%)"}[axis])
+        ax.set_ylabel("compositional accuracy (%)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("WiSE-FT: θ = (1 − α)·θ0 + α·θ1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zeroshot", required=True, help="θ0: .ckpt, open_clip name or local-dir:")
+    parser.add_argument("--zeroshot-pretrained", default=None, help="open_clip pretrained tag of θ0")
+    parser.add_argument("--finetuned", required=True, help="θ1: .ckpt, open_clip name or local-dir:")
+    parser.add_argument("--finetuned-pretrained", default=None, help="open_clip pretrained tag of θ1")
+    parser.add_argument("--benchmarks", default="configs/eval/suite.yaml", help="suite YAML")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(11)])
+    parser.add_argument("--out", default="wise_ft")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    if any(not 0 <= a <= 1 for a in args.alphas):
+        parser.error(f"alphas must lie in [0, 1], got {args.alphas}")
+    theta0 = load_backbone(args.zeroshot, args.zeroshot_pretrained)
+    theta1 = load_backbone(args.finetuned, args.finetuned_pretrained)
+    report = wise_ft(theta0, theta1, args.benchmarks, args.alphas, args.batch_size, args.num_workers)
+    report.update(zeroshot=args.zeroshot, finetuned=args.finetuned, benchmarks_config=args.benchmarks)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "wise_ft.json").write_text(json.dumps(report, indent=2, default=str))
+    plot(report, out / "wise_ft.png")
+    print(f"wrote {out / 'wise_ft.json'} and {out / 'wise_ft.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
