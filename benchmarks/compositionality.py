@@ -1,4 +1,4 @@
-"""CLIP vs NegCLIP on ShapesWorld: same seed, data and steps; retrieval and compositional accuracy.
+"""CLIP vs NegCLIP vs FSC-CLIP on ShapesWorld: same seed, data and steps; retrieval and compositional accuracy.
 
 Trains each variant with ``train.py fit`` from its config (tiny ViT, ShapesWorld) and prints one
 table: retrieval R@1 both ways and multiple-choice accuracy per negative category of the ShapesWorld
@@ -7,7 +7,9 @@ compositional split. Variants:
 * ``clip``: configs/clip.yaml;
 * ``negclip``: configs/negclip.yaml, rule-based swap negatives (NegCLIP's own rule);
 * ``negclip-rules``: the three rule-based generators FSC-CLIP uses (negclip, replace, bigram_shuffle);
-* ``negclip-exact``: ShapesWorld's exact negatives of all five types.
+* ``negclip-exact``: ShapesWorld's exact negatives of all five types;
+* ``fsc-clip``: configs/fsc_clip.yaml (the same three rule-based negatives as ``negclip-rules``);
+* ``fsc-clip-no-local`` / ``fsc-clip-no-scr``: its Table 2 ablations (configs/fsc_clip/*.yaml).
 
     python benchmarks/compositionality.py [--epochs 3] [--variants clip negclip ...] [-- extra train.py overrides]
 
@@ -40,6 +42,16 @@ VARIANTS = {
         "[negclip, replace, bigram_shuffle]",
     ],
     "negclip-exact": ["--config", str(ROOT / "configs" / "negclip.yaml"), "--data.init_args.hard_negatives", EXACT],
+    "fsc-clip": ["--config", str(ROOT / "configs" / "fsc_clip.yaml")],
+    **{
+        f"fsc-clip-{ablation.replace('_', '-')}": [
+            "--config",
+            str(ROOT / "configs" / "fsc_clip.yaml"),
+            "--config",
+            str(ROOT / "configs" / "fsc_clip" / f"{ablation}.yaml"),
+        ]
+        for ablation in ("no_local", "no_scr")
+    },
 }
 CATEGORIES = ["swap_attribute", "swap_object", "replace_attribute", "replace_object", "replace_relation"]
 
