@@ -11,7 +11,8 @@ compositional split. Variants:
 * ``fsc-clip``: configs/fsc_clip.yaml (the same three rule-based negatives as ``negclip-rules``);
 * ``fsc-clip-no-local`` / ``fsc-clip-no-scr``: its Table 2 ablations (configs/fsc_clip/*.yaml).
 
-    python benchmarks/compositionality.py [--epochs 3] [--variants clip negclip ...] [-- extra train.py overrides]
+    python benchmarks/compositionality.py [--epochs 3] [--variants clip negclip ...] [--keep runs/compare]
+                                          [-- extra train.py overrides]
 
 With ``--finetune-epochs N`` every variant instead fine-tunes, for N epochs at ``--finetune-lr``, the
 same CLIP first trained for ``--epochs`` (exported to open_clip and loaded as ``pretrained``), which
@@ -77,10 +78,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--keep", default=None, help="keep the runs (checkpoints, exports) in this folder")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
-    with tempfile.TemporaryDirectory() as root:
-        root = Path(root)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.keep or scratch)
         if args.finetune_epochs:
             results = {"base clip": run("clip", args.epochs, overrides, root / "base", export=root / "export")}
             weights = str(root / "export" / "open_clip_pytorch_model.bin")

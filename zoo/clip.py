@@ -22,7 +22,7 @@ class CLIP(ZooModule):
 
     Args:
         model_name, pretrained, model_cfg, lock_image, lock_text, grad_checkpointing, lora_rank,
-            lora_alpha, lora_towers: see :class:`zoo.backbones.OpenCLIPBackbone`.
+            lora_alpha, lora_towers, train_augmentation: see :class:`zoo.backbones.OpenCLIPBackbone`.
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (``lr``, ``weight_decay``, ...).
     """
 
@@ -37,6 +37,7 @@ class CLIP(ZooModule):
         lora_rank: int = 0,
         lora_alpha: float = 1.0,
         lora_towers: tuple[str, ...] = ("image", "text"),
+        train_augmentation: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -51,6 +52,7 @@ class CLIP(ZooModule):
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
             lora_towers=lora_towers,
+            train_augmentation=train_augmentation,
         )
 
     # ------------------------------------------------------------------------------ public API

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from zoo.losses import contrastive_loss, negclip_loss
+from zoo.losses import contrastive_loss, negclip_loss, unicl_loss
 from zoo.losses.fsc import fsc_hard_negative_losses
 
 B, K, D_IN, D = 4, 2, 12, 8
@@ -28,6 +28,9 @@ def _problem():
     data["fsc_mask"] = data["mask"].clone()
     data["fsc_mask"][:3] = False
     data["fsc_mask"][3] = True
+    # UniCL: caption 5 (rank 1) repeats caption 0 (rank 0): positives across ranks
+    data["repeated_texts"] = data["texts"].clone()
+    data["repeated_texts"][5] = data["texts"][0]
     image_tower, text_tower = torch.nn.Linear(D_IN, D), torch.nn.Linear(D_IN, D)
     logit_scale = torch.nn.Parameter(torch.tensor([2.0]))
     return data, [image_tower, text_tower, logit_scale]
@@ -42,6 +45,9 @@ def _loss_and_grads(loss_name, data, params):
     elif loss_name == "negclip":
         negatives = F.normalize(text_tower(data["negatives"]), dim=-1)
         loss = negclip_loss(images, texts, negatives, data["mask"], logit_scale.exp(), data["ids"])["negclip_loss"]
+    elif loss_name == "unicl":
+        texts = F.normalize(text_tower(data["repeated_texts"]), dim=-1)
+        loss = unicl_loss(images, texts, logit_scale.exp(), threshold=0.9)["unicl_loss"]
     else:  # FSC-CLIP: CLIP over the originals + the calibrated hard-negative loss, exact global mean
         negatives = F.normalize(text_tower(data["negatives"]), dim=-1)
         hn = fsc_hard_negative_losses(images, texts, negatives, data["fsc_mask"], logit_scale.exp())
@@ -72,7 +78,7 @@ def _free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_name", ["clip", "negclip", "fsc"])
+@pytest.mark.parametrize("loss_name", ["clip", "negclip", "fsc", "unicl"])
 def test_two_processes_equal_one(loss_name, tmp_path):
     mp.spawn(_worker, args=(loss_name, _free_port(), str(tmp_path)), nprocs=2, join=True)
     data, params = _problem()

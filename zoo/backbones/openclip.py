@@ -72,6 +72,9 @@ class OpenCLIPBackbone(nn.Module):
             else, the logit scale included.
         lora_alpha: LoRA scaling numerator (the update is ``lora_alpha / lora_rank · B·A``).
         lora_towers: which towers get adapters (``image``, ``text``).
+        train_augmentation: arguments of timm's ``create_transform`` for training images, e.g.
+            ``{auto_augment: rand-m9-mstd0.5-inc1, re_prob: 0.25}`` (RandAugment, random erasing);
+            default: open_clip's random resized crop.
     """
 
     def __init__(
@@ -86,8 +89,10 @@ class OpenCLIPBackbone(nn.Module):
         lora_rank: int = 0,
         lora_alpha: float = 1.0,
         lora_towers: tuple[str, ...] = ("image", "text"),
+        train_augmentation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.train_augmentation = train_augmentation
         self.model_name = model_name
         if model_cfg is not None:
             self.model = _model_from_cfg(model_cfg, pretrained)
@@ -110,8 +115,17 @@ class OpenCLIPBackbone(nn.Module):
 
     # ----------------------------------------------------------------------------------- data
     def image_transform(self, train: bool) -> Callable:
-        """open_clip's train (random resized crop) or eval (resize + centre crop) transform."""
-        return image_transform_v2(PreprocessCfg(**get_model_preprocess_cfg(self.model)), is_train=train)
+        """open_clip's train (random resized crop) or eval (resize + centre crop) transform; with
+        ``train_augmentation``, timm's training transform with those arguments and the model's
+        size, mean, std and interpolation."""
+        cfg = PreprocessCfg(**get_model_preprocess_cfg(self.model))
+        if not (train and self.train_augmentation):
+            return image_transform_v2(cfg, is_train=train)
+        from timm.data import create_transform
+
+        size = (cfg.size, cfg.size) if isinstance(cfg.size, int) else tuple(cfg.size)
+        settings = {"hflip": 0.0, "interpolation": cfg.interpolation, **self.train_augmentation}
+        return create_transform((3, *size), is_training=True, mean=cfg.mean, std=cfg.std, **settings)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids ``[N, context_length]`` on the backbone's device."""

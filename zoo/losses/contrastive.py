@@ -1,4 +1,4 @@
-"""Contrastive image-text losses: CLIP and NegCLIP, over the global batch."""
+"""Contrastive image-text losses: CLIP, NegCLIP and UniCL (REACT), over the global batch."""
 
 from __future__ import annotations
 
@@ -87,3 +87,41 @@ def negclip_loss(
     labels = torch.arange(len(images), device=images.device)
     loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
     return {name: loss}
+
+
+# captions whose text embeddings agree to this tolerance count as identical (float rounding)
+SAME_TEXT_TOLERANCE = 1e-6
+
+
+def unicl_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    threshold: float = 0.9,
+) -> dict[str, torch.Tensor]:
+    """UniCL's bidirectional contrastive loss as REACT uses it (Liu et al., 2023, eq. 2.4-2.6).
+
+    The positives of image i are every text j of the global batch with cos(t_j, t_i) ≥ γ (always
+    j = i); each direction averages −log softmax over an anchor's positives:
+    L_i2t = −1/B Σ_i 1/|P(i)| Σ_{k∈P(i)} log(exp(s·v_i·t_k) / Σ_j exp(s·v_i·t_j)), L_t2i likewise over
+    images, L = ½ (L_i2t + L_t2i). With γ = 1 and unique captions P(i) = {i}: exactly the CLIP loss.
+    The positive sets come from the text features without gradient.
+
+    Args:
+        image_features, text_features: L2-normalised ``[B, D]`` of this rank, row i pairs with image i.
+        logit_scale: the temperature ``s``, already clamped.
+        threshold: γ (REACT: 0.9 for classification customisation).
+
+    Returns:
+        ``{"unicl_loss": scalar}``.
+    """
+    images = gather_with_grad(image_features)
+    texts = gather_with_grad(text_features)
+    with torch.no_grad():
+        positive = texts @ texts.T >= threshold - SAME_TEXT_TOLERANCE
+        positive.fill_diagonal_(True)
+    targets = positive.to(images.dtype)
+    logits = logit_scale * images @ texts.T
+    image_to_text = -(targets * logits.log_softmax(dim=1)).sum(1) / targets.sum(1)
+    text_to_image = -(targets.T * logits.T.log_softmax(dim=1)).sum(1) / targets.sum(0)
+    return {"unicl_loss": (image_to_text.mean() + text_to_image.mean()) / 2}
