@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from callbacks.embedding import EpochEndEvaluation, embed_images, embed_texts, gather_shards, shard
 from callbacks.protocols import Similarities, score
 from callbacks.retrieval import retrieval_recall
-from callbacks.zero_shot import class_embeddings, classification_metrics, zero_shot_logits
+from callbacks.zero_shot import class_embeddings, classification_metrics, elevater_metric, zero_shot_logits
 from datamodules.benchmarks import (
     Benchmark,
     ClassificationSet,
@@ -64,7 +64,7 @@ def load_benchmarks(
     specs: list[dict[str, Any]], datamodule: Any = None, transform: Callable | None = None
 ) -> list[Benchmark | RetrievalSet | ClassificationSet]:
     """Benchmarks from specs ``{"kind": ..., **loader arguments}``. ``{"kind": "shapesworld", "n": 500,
-    "n_spatial": 100, "per_class": 20}`` is every ShapesWorld counterpart, retrieval and zero-shot shape
+    "n_spatial": 100, "per_class": 20, "classification_metric": "accuracy"}`` is every ShapesWorld counterpart, retrieval and zero-shot shape
     classification included (generated offline on first use, read by the same loaders as the real
     files); ``classification`` needs the model's eval ``transform``."""
     from datamodules.benchmarks import sugarcrepe
@@ -91,6 +91,7 @@ def load_benchmarks(
                     classnames=SHAPES,
                     templates=SHAPE_TEMPLATES,
                     name="shapesworld/shape_classification",
+                    metric=spec.get("classification_metric", "accuracy"),
                 )
             )
         elif kind == "brittleness":  # SugarCrepe++-format files: caption, rewrite, negative
@@ -182,8 +183,11 @@ def evaluate_suite(
             loader = data.dataloader(embed_kwargs.get("batch_size", 128), embed_kwargs.get("num_workers", 2))
             classifier = class_embeddings(model, data.classnames, data.templates, trainer=trainer)
             logits, labels = zero_shot_logits(model, loader, classifier, trainer)
+            figures = classification_metrics(logits, labels)
+            if data.metric in ("11point_mAP", "roc_auc"):  # ELEVATER's other metrics
+                figures[data.metric] = elevater_metric(data.metric, logits, labels)
             results[data.name] = {
-                **classification_metrics(logits, labels),
+                **figures,
                 "items": len(labels),
                 "skipped": data.skipped,
             }

@@ -13,11 +13,13 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
 from callbacks.embedding import embed_texts, progress
+from datamodules.benchmarks.classification import ELEVATER_METRICS
 
 LOGIT_SCALE = 100.0  # CLIP's fixed zero-shot scale (clip_benchmark, open_clip); rankings do not depend on it
 
@@ -146,6 +148,65 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, ks: Seque
     return metrics
 
 
+def eleven_point_average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """PASCAL VOC 2007's 11-point interpolated AP of one class, as ELEVATER's zero-shot evaluation
+    computes it from scikit-learn's precision-recall curve: the mean over recall levels
+    t = 0, 0.1, …, 1 of the highest precision at recall ≥ t. The curve's last point (recall 0,
+    precision 1) makes the t = 0 term 1, as in ELEVATER.
+
+    Args:
+        scores: ``[N]`` scores of the class (raw logits: ELEVATER ranks by them).
+        positives: ``[N]`` bool, True where the sample belongs to the class.
+    """
+    positives = positives.bool()
+    n_positive = int(positives.sum())
+    if n_positive == 0:
+        raise ValueError("11-point AP needs at least one positive sample of the class")
+    order = scores.double().argsort(descending=True, stable=True)
+    sorted_scores, hits = scores.double()[order], positives[order].double()
+    last_of_each_score = torch.ones_like(sorted_scores, dtype=torch.bool)
+    last_of_each_score[:-1] = sorted_scores[1:] != sorted_scores[:-1]  # one point per distinct threshold
+    true_positives = hits.cumsum(0)[last_of_each_score]
+    predicted = torch.arange(1, len(hits) + 1, dtype=torch.float64)[last_of_each_score]
+    precision = torch.cat([true_positives / predicted, torch.ones(1, dtype=torch.float64)])
+    recall = torch.cat([true_positives / n_positive, torch.zeros(1, dtype=torch.float64)])
+    levels = torch.from_numpy(np.linspace(1, 0, 11))  # ELEVATER's recall levels, compared exactly
+    interpolated = [float(precision[recall >= t].max()) if (recall >= t).any() else 0.0 for t in levels]
+    return sum(interpolated) / 11
+
+
+def roc_auc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of a binary task (ELEVATER: the score of class 1), as the probability
+    that a random positive outranks a random negative, ties counting one half."""
+    positives = positives.bool()
+    n_positive, n_negative = int(positives.sum()), int((~positives).sum())
+    if n_positive == 0 or n_negative == 0:
+        raise ValueError("ROC-AUC needs both positive and negative samples")
+    pos, neg = scores.double()[positives], scores.double()[~positives]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins) / (n_positive * n_negative)
+
+
+def elevater_metric(metric: str, logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """A dataset's ELEVATER metric: ``accuracy`` (top-1), ``mean-per-class`` (balanced accuracy),
+    ``11point_mAP`` (mean over classes of :func:`eleven_point_average_precision`; labels ``[N]`` or
+    multi-hot ``[N, C]``) or ``roc_auc`` (binary: :func:`roc_auc` of the class-1 logit)."""
+    logits = logits.detach().float().cpu()
+    labels = torch.as_tensor(labels).detach().cpu()
+    if metric in ("accuracy", "mean-per-class"):
+        figures = classification_metrics(logits, labels, ks=(1,))
+        return figures["top1"] if metric == "accuracy" else figures["mean_per_class_recall"]
+    if metric == "11point_mAP":
+        targets = labels if labels.ndim == 2 else F.one_hot(labels.long(), logits.shape[1])
+        present = [c for c in range(logits.shape[1]) if targets[:, c].any()]
+        return sum(eleven_point_average_precision(logits[:, c], targets[:, c]) for c in present) / len(present)
+    if metric == "roc_auc":
+        if logits.shape[1] != 2:
+            raise ValueError(f"roc_auc is ELEVATER's metric for binary datasets; got {logits.shape[1]} classes")
+        return roc_auc(logits[:, 1], labels == 1)
+    raise ValueError(f"unknown ELEVATER metric {metric!r}; known: {ELEVATER_METRICS}")
+
+
 @torch.no_grad()
 def evaluate_zero_shot(
     model: Any,
@@ -168,7 +229,10 @@ __all__ = [
     "class_embeddings",
     "class_prompts",
     "classification_metrics",
+    "elevater_metric",
+    "eleven_point_average_precision",
     "evaluate_zero_shot",
     "format_prompt",
+    "roc_auc",
     "zero_shot_logits",
 ]

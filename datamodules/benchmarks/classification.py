@@ -87,6 +87,10 @@ def load_templates(templates: Sequence[str] | str | Path | None = None) -> list[
 
 
 # ------------------------------------------------------------------------------------ the set
+# ELEVATER's per-dataset zero-shot metrics (callbacks.zero_shot.elevater_metric computes them)
+ELEVATER_METRICS = ("accuracy", "mean-per-class", "11point_mAP", "roc_auc")
+
+
 @dataclass
 class ClassificationSet:
     """A labelled image set for zero-shot classification.
@@ -98,6 +102,8 @@ class ClassificationSet:
         classnames: ``classnames[label]`` names class ``label``.
         templates: prompt templates (``"a photo of a {c}."``).
         source: the folder or shards read.
+        metric: the dataset's ELEVATER metric (``accuracy``, ``mean-per-class``, ``11point_mAP``,
+            ``roc_auc``), reported beside top-1 / top-5 / mean per-class recall.
     """
 
     name: str
@@ -105,6 +111,7 @@ class ClassificationSet:
     classnames: list[str]
     templates: list[str] = field(default_factory=lambda: list(OPENAI_IMAGENET_TEMPLATES))
     source: str = ""
+    metric: str = "accuracy"
 
     @property
     def skipped(self) -> int:
@@ -273,20 +280,28 @@ def load_classification(
     classnames: Sequence[str] | str | Path | None = None,
     templates: Sequence[str] | str | Path | None = None,
     name: str | None = None,
+    metric: str = "accuracy",
 ) -> ClassificationSet:
     """Either layout: a wds folder (``root/split/nshards.txt``) or shard URLs (``.tar`` / brace pattern)
-    go to :func:`wds_classification`, any other folder to :func:`image_folder_classification`."""
+    go to :func:`wds_classification`, any other folder to :func:`image_folder_classification`.
+    ``metric`` is the dataset's ELEVATER metric (see :class:`ClassificationSet`)."""
+    if metric not in ELEVATER_METRICS:
+        raise ValueError(f"unknown ELEVATER metric {metric!r}; known: {ELEVATER_METRICS}")
     is_dir = isinstance(root, (str, Path)) and Path(root).is_dir()
     if (
         isinstance(root, list)
         or (is_dir and (Path(root) / split / "nshards.txt").is_file())
         or (not is_dir and ".tar" in os.fspath(root))
     ):
-        return wds_classification(root, transform, split, classnames, templates, name)
-    return image_folder_classification(root, transform, classnames, templates, name)
+        data = wds_classification(root, transform, split, classnames, templates, name)
+    else:
+        data = image_folder_classification(root, transform, classnames, templates, name)
+    data.metric = metric
+    return data
 
 
 __all__ = [
+    "ELEVATER_METRICS",
     "ClassificationSet",
     "WebDatasetClassification",
     "decode_classification_sample",
