@@ -384,15 +384,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import zoo
+    from zoo.loading import load_model
 
-    if args.checkpoint:
-        module = getattr(zoo, args.module.removeprefix("zoo."))
-        model = module.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    else:
-        model = zoo.CLIP(model_name=args.model, pretrained=args.pretrained)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
+    model, _ = load_model(args.checkpoint, args.module, args.model, args.pretrained)
     benchmarks = suite_benchmarks(args.benchmarks, model)
     results = evaluate_suite(model, benchmarks, batch_size=args.batch_size, num_workers=args.num_workers)
     report = {

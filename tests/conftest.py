@@ -25,3 +25,12 @@ def tiny_clip(tiny_cfg):
 
     torch.manual_seed(0)
     return zoo.CLIP(model_name="vlzoo-test-tiny", model_cfg=tiny_cfg)
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for a 2-process gloo test."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,6 +1,5 @@
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch.multiprocessing as mp
 import zoo
 from callbacks.suite import evaluate_suite, load_benchmarks, main, to_markdown
 from datamodules import ImageCaptionDataModule
-from tests.conftest import TINY_MODEL_CFG
+from tests.conftest import TINY_MODEL_CFG, free_port
 
 
 def _model():
@@ -33,11 +32,6 @@ def _worker(rank, port, root):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_one_and_two_processes_give_identical_figures(tmp_path):
@@ -47,7 +41,7 @@ def test_one_and_two_processes_give_identical_figures(tmp_path):
     counterparts = ("spatial", "winoground", "mmvp", "order", "brittleness", "retrieval", "shape_classification")
     assert set(single) == {f"shapesworld/{c}" for c in categories + counterparts}
     assert single["shapesworld/shape_classification"]["items"] == 16 and single["shapesworld/retrieval"]["items"] == 24
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         # accuracies are identical; a mean cosine may differ in the 8th digit (batch composition)
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())

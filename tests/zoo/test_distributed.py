@@ -1,7 +1,6 @@
 """Two gloo processes x B samples must equal one process x 2B samples: loss and gradients."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests.conftest import free_port
 from zoo.losses import contrastive_loss, negclip_loss, unicl_loss
 from zoo.losses.fsc import fsc_hard_negative_losses
 
@@ -71,16 +71,11 @@ def _worker(rank, loss_name, port, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_name", ["clip", "negclip", "fsc", "unicl"])
 def test_two_processes_equal_one(loss_name, tmp_path):
-    mp.spawn(_worker, args=(loss_name, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(loss_name, free_port(), str(tmp_path)), nprocs=2, join=True)
     data, params = _problem()
     loss, grads = _loss_and_grads(loss_name, data, params)
     for rank in range(2):
