@@ -99,9 +99,14 @@ class ZooModule(LightningModule):
         optimizer = torch.optim.AdamW(self.parameter_groups(), **self.optim_args)
         if self.lr_schedule == "constant":
             return {"optimizer": optimizer}
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError(
+                "the cosine schedule needs the run's length, and a streaming source (webdataset) has none: "
+                "set --trainer.max_steps, or --model.init_args.lr_schedule constant"
+            )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: warmup_cosine(step, self.warmup_steps, total_steps, self.min_lr_ratio),
+            lambda step: warmup_cosine(step, self.warmup_steps, int(total_steps), self.min_lr_ratio),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

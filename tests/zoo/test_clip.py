@@ -173,3 +173,14 @@ def test_gradient_checkpointing_keeps_loss_and_gradients(tiny_cfg):
         results.append((loss.detach(), model.backbone.model.visual.conv1.weight.grad.clone()))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_cosine_schedule_refuses_a_run_without_length(tiny_clip):
+    from types import SimpleNamespace
+
+    tiny_clip._trainer = SimpleNamespace(estimated_stepping_batches=float("inf"))  # a streaming source
+    with pytest.raises(ValueError, match="max_steps"):
+        tiny_clip.configure_optimizers()
+    tiny_clip._trainer = SimpleNamespace(estimated_stepping_batches=40)
+    schedule = tiny_clip.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert schedule.lr_lambdas[0](20) == pytest.approx(0.5) and schedule.lr_lambdas[0](40) == pytest.approx(0.0)
