@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: system-deps $(STAMP)
 
 demo: system-deps $(STAMP)
-	$(PY) train.py fit --config configs/clip.yaml
+	$(PY) train.py fit --config configs/fsc_clip.yaml
 
 test: system-deps $(STAMP)
 	$(PY) -m pytest -q
