@@ -1,0 +1,41 @@
+"""Strategy configs stack on every method config; the FSDP preset wraps the blocks of both towers."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import train
+from zoo.strategies import CLIPFSDPStrategy
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = sorted((ROOT / "configs").glob("*.yaml"))
+STRATEGIES = sorted((ROOT / "configs" / "strategy").glob("*.yaml"))
+
+
+def test_every_strategy_is_there():
+    assert {p.stem for p in STRATEGIES} == {"ddp", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3"}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("method", METHODS, ids=lambda p: p.stem)
+def test_strategy_stacks_on_method(method, strategy, capsys):
+    args = ["fit", "--config", str(method), "--config", str(strategy), "--trainer.devices", "8", "--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args)
+    assert exit_info.value.code in (None, 0)
+    config = yaml.safe_load(capsys.readouterr().out)
+    expected = yaml.safe_load(strategy.read_text())["trainer"]["strategy"]
+    got = config["trainer"]["strategy"]
+    assert got == expected if isinstance(expected, str) else got["class_path"] == expected["class_path"]
+    assert str(config["trainer"]["devices"]) == "8" and config["model"]["class_path"].startswith("zoo.")
+
+
+def test_fsdp_preset_wraps_and_checkpoints_transformer_blocks():
+    from open_clip.transformer import ResidualAttentionBlock
+
+    strategy = CLIPFSDPStrategy(activation_checkpointing=True)
+    assert strategy.kwargs["use_orig_params"] is True
+    assert ResidualAttentionBlock in strategy.kwargs["auto_wrap_policy"]._module_classes
+    assert ResidualAttentionBlock in strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes
+    assert not CLIPFSDPStrategy()._activation_checkpointing_kwargs
