@@ -96,7 +96,8 @@ class ZooModule(LightningModule):
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameter_groups(), **self.optim_args)
+        # fused AdamW: one kernel for all parameters (CUDA and CPU), numerically the same update rule
+        optimizer = torch.optim.AdamW(self.parameter_groups(), **self.optim_args, fused=True)
         if self.lr_schedule == "constant":
             return {"optimizer": optimizer}
         total_steps = self.trainer.estimated_stepping_batches

@@ -23,6 +23,7 @@ class CLIP(ZooModule):
     Args:
         model_name, pretrained, model_cfg, lock_image, lock_text, grad_checkpointing, lora_rank,
             lora_alpha, lora_towers, train_augmentation: see :class:`zoo.backbones.OpenCLIPBackbone`.
+        compile: ``torch.compile`` both towers (a dict: ``torch.compile`` options, e.g. ``{mode: max-autotune}``).
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (``lr``, ``weight_decay``, ...).
     """
 
@@ -38,6 +39,7 @@ class CLIP(ZooModule):
         lora_alpha: float = 1.0,
         lora_towers: tuple[str, ...] = ("image", "text"),
         train_augmentation: dict[str, Any] | None = None,
+        compile: bool | dict[str, Any] = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -54,6 +56,8 @@ class CLIP(ZooModule):
             lora_towers=lora_towers,
             train_augmentation=train_augmentation,
         )
+        if compile:
+            self.backbone.compile_towers(**(compile if isinstance(compile, dict) else {}))
 
     # ------------------------------------------------------------------------------ public API
     def data_transforms(self) -> dict[str, Callable]:

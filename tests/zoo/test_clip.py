@@ -184,3 +184,16 @@ def test_cosine_schedule_refuses_a_run_without_length(tiny_clip):
     tiny_clip._trainer = SimpleNamespace(estimated_stepping_batches=40)
     schedule = tiny_clip.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert schedule.lr_lambdas[0](20) == pytest.approx(0.5) and schedule.lr_lambdas[0](40) == pytest.approx(0.0)
+
+
+def test_compiled_towers_keep_names_and_outputs(tiny_cfg):
+    torch.manual_seed(0)
+    eager = zoo.CLIP(model_name="t", model_cfg=tiny_cfg).eval()
+    torch.manual_seed(0)
+    compiled = zoo.CLIP(model_name="t", model_cfg=tiny_cfg, compile={"backend": "eager"}).eval()
+    assert compiled.backbone.model.visual._compiled_call_impl is not None
+    assert compiled.backbone.model.transformer._compiled_call_impl is not None
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    images, tokens = _inputs(eager)
+    assert torch.allclose(compiled.encode_image(images), eager.encode_image(images), atol=1e-6)
+    assert torch.allclose(compiled.encode_text(tokens), eager.encode_text(tokens), atol=1e-6)

@@ -113,6 +113,13 @@ class OpenCLIPBackbone(nn.Module):
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
 
+    def compile_towers(self, **options: Any) -> None:
+        """``torch.compile`` both towers in place (``nn.Module.compile``: parameter names, checkpoints
+        and exports are unchanged); ``options`` are ``torch.compile``'s (``mode``, ``backend``, ...)."""
+        self.model.visual.compile(**options)
+        text = self.model.text if hasattr(self.model, "text") else self.model.transformer
+        text.compile(**options)
+
     # ----------------------------------------------------------------------------------- data
     def image_transform(self, train: bool) -> Callable:
         """open_clip's train (random resized crop) or eval (resize + centre crop) transform; with
