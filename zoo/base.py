@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -28,8 +29,16 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
 class ZooModule(LightningModule):
     """Base of every method: AdamW with no-decay groups and a warmup + cosine (or constant) schedule.
 
-    Subclasses implement :meth:`losses` (batch → dict of named ``*_loss`` terms); the base logs
-    every term and optimises their sum.
+    Subclasses implement :meth:`features` (batch → per-sample tensors the loss needs) and
+    :meth:`loss_terms` (features → dict of named ``*_loss`` terms); the base logs every term and
+    optimises their sum.
+
+    Contrastive accumulation (``contrastive_accumulation: k``) contrasts k micro-batches as one
+    batch, as open_clip's ``accum_freq`` / GradCache do: the features of all k are computed without
+    gradients, then each micro-batch is recomputed with gradients and the loss over the whole
+    accumulated batch is back-propagated through it alone; the sum of the k backward passes is the
+    gradient of one batch of k·B (tested). The loss's own parameters (the temperature) take their
+    gradient in the first pass only. Forward passes must be deterministic (no dropout).
 
     Args:
         lr: peak learning rate.
@@ -39,6 +48,7 @@ class ZooModule(LightningModule):
         warmup_steps: linear warmup length in optimiser steps.
         lr_schedule: ``"cosine"`` decays to ``min_lr_ratio * lr`` at the last step; ``"constant"`` stays at ``lr``.
         min_lr_ratio: final LR as a fraction of ``lr`` for the cosine schedule.
+        contrastive_accumulation: micro-batches contrasted together per optimiser step.
     """
 
     def __init__(
@@ -50,21 +60,66 @@ class ZooModule(LightningModule):
         warmup_steps: int = 0,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         min_lr_ratio: float = 0.0,
+        contrastive_accumulation: int = 1,
     ) -> None:
         super().__init__()
-        if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
+        if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1 or contrastive_accumulation < 1:
             raise ValueError(
                 f"invalid optimiser settings: lr={lr}, weight_decay={weight_decay}, "
-                f"warmup_steps={warmup_steps}, min_lr_ratio={min_lr_ratio}"
+                f"warmup_steps={warmup_steps}, min_lr_ratio={min_lr_ratio}, "
+                f"contrastive_accumulation={contrastive_accumulation}"
             )
         self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
         self.warmup_steps = warmup_steps
         self.lr_schedule = lr_schedule
         self.min_lr_ratio = min_lr_ratio
+        self.contrastive_accumulation = contrastive_accumulation
+        self.automatic_optimization = contrastive_accumulation == 1
+        self._pending: list[dict[str, Any]] = []
+
+    def features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        """Per-sample tensors the loss needs, row i for sample i (what accumulation caches)."""
+        raise NotImplementedError
+
+    def loss_terms(
+        self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms of (possibly accumulated) features; ``detach_parameters``: the loss's own
+        parameters (the temperature) take no gradient."""
+        raise NotImplementedError
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss terms for a batch; the optimised total is their sum."""
-        raise NotImplementedError
+        return self.loss_terms(self.features(batch))
+
+    def accumulated_losses(
+        self, batches: list[dict[str, Any]], backward: Callable[[torch.Tensor], None] = torch.Tensor.backward
+    ) -> dict[str, torch.Tensor]:
+        """Back-propagate the loss of ``batches`` contrasted as one batch, one micro-batch at a time;
+        returns the (detached) loss terms."""
+        with torch.no_grad():
+            cached = [self.features(batch) for batch in batches]
+        for j, batch in enumerate(batches):
+            fresh = self.features(batch)
+            merged = {
+                key: None if value is None else torch.cat([value if i == j else c[key] for i, c in enumerate(cached)])
+                for key, value in fresh.items()
+            }
+            terms = self.loss_terms(merged, detach_parameters=j > 0)
+            backward(torch.stack(list(terms.values())).sum())
+        return {name: term.detach() for name, term in terms.items()}
+
+    def _accumulated_step(self, batches: list[dict[str, Any]]) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        terms = self.accumulated_losses(batches, self.manual_backward)
+        optimizer.step()
+        schedule = self.lr_schedulers()
+        if schedule is not None:
+            schedule.step()
+        batch_size = sum(len(batch["image"]) for batch in batches)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=batch_size)
+        self.log("train/loss", torch.stack(list(terms.values())).sum(), prog_bar=True, batch_size=batch_size)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         terms = self.losses(batch)
@@ -75,8 +130,14 @@ class ZooModule(LightningModule):
         self.log(f"{stage}/loss", total, prog_bar=True, batch_size=batch_size, sync_dist=sync)
         return total
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        self._pending.append(batch)
+        if len(self._pending) == self.contrastive_accumulation:
+            batches, self._pending = self._pending, []
+            self._accumulated_step(batches)
+        return None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
@@ -100,7 +161,7 @@ class ZooModule(LightningModule):
         optimizer = torch.optim.AdamW(self.parameter_groups(), **self.optim_args, fused=True)
         if self.lr_schedule == "constant":
             return {"optimizer": optimizer}
-        total_steps = self.trainer.estimated_stepping_batches
+        total_steps = self.trainer.estimated_stepping_batches / self.contrastive_accumulation
         if not math.isfinite(total_steps):
             raise ValueError(
                 "the cosine schedule needs the run's length, and a streaming source (webdataset) has none: "

@@ -86,10 +86,18 @@ class CLIP(ZooModule):
         return self.backbone.export_open_clip(out_dir)
 
     # -------------------------------------------------------------------------------- training
-    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        image_features = self.backbone.encode_image(batch["image"])
-        text_features = self.backbone.encode_text(batch["text"])
-        return contrastive_loss(image_features, text_features, self.backbone.logit_scale)
+    def features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        return {"image": self.backbone.encode_image(batch["image"]), "text": self.backbone.encode_text(batch["text"])}
+
+    def temperature(self, detach: bool = False) -> torch.Tensor:
+        """The logit scale ``s`` the losses use (detached: no gradient for it)."""
+        scale = self.backbone.logit_scale
+        return scale.detach() if detach else scale
+
+    def loss_terms(
+        self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
+    ) -> dict[str, torch.Tensor]:
+        return contrastive_loss(features["image"], features["text"], self.temperature(detach_parameters))
 
     def on_fit_start(self) -> None:
         rank_zero_info(f"Trainable parameters of {type(self).__name__}:\n{self.backbone.parameter_table()}")

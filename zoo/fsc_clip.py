@@ -41,27 +41,45 @@ class FSCCLIP(CLIP):
         super().__init__(**kwargs)
         self.save_hyperparameters()
 
-    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        """Pooled embeddings of images, captions and valid negatives, and (with the local loss) each
+        row's local logits ``[B, 1+K]``: they involve only the row's own image, so they are per-sample."""
         if "negatives" not in batch:
             raise ValueError("FSC-CLIP needs hard negatives: set data.init_args.hard_negatives")
-        hp = self.hparams
         tokens, mask = batch["text"], batch["negative_mask"]
         negative_tokens = batch["negatives"][mask]
         dense = self.backbone.encode_dense(batch["image"], torch.cat([tokens, negative_tokens]))
         n = len(tokens)
-        images, texts = dense["image_features"], dense["text_features"][:n]
+        texts = dense["text_features"][:n]
         negatives = texts.new_zeros(*mask.shape, texts.shape[-1])
         negatives[mask] = dense["text_features"][n:]
-        scale = self.backbone.logit_scale
-        terms = contrastive_loss(images, texts, scale)
         local = None
-        if hp.use_local:
+        if self.hparams.use_local:
+            scale = self.backbone.logit_scale
             patches, words = dense["patch_features"], dense["token_features"]
             owner = mask.nonzero()[:, 0]  # the image of each valid negative
             positive = local_score(words[:n], self.backbone.token_mask(tokens), patches, scale)
             negative = local_score(words[n:], self.backbone.token_mask(negative_tokens), patches[owner], scale)
             local = torch.cat([positive[:, None], positive.new_zeros(mask.shape).masked_scatter(mask, negative)], 1)
-        hn = fsc_hard_negative_losses(images, texts, negatives, mask, scale, local, hp.focal_gamma, hp.label_smoothing)
+        image = dense["image_features"]
+        return {"image": image, "text": texts, "negatives": negatives, "negative_mask": mask, "local": local}
+
+    def loss_terms(
+        self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
+    ) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        images, texts, scale = features["image"], features["text"], self.temperature(detach_parameters)
+        terms = contrastive_loss(images, texts, scale)
+        hn = fsc_hard_negative_losses(
+            images,
+            texts,
+            features["negatives"],
+            features["negative_mask"],
+            scale,
+            features["local"],
+            hp.focal_gamma,
+            hp.label_smoothing,
+        )
         if hp.use_global:
             terms["global_hn_loss"] = hp.lambda_global * hn["global_hn_loss"]
         if hp.use_local:

@@ -34,18 +34,24 @@ class NegCLIP(CLIP):
         out[mask] = valid
         return out
 
-    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
         if "negatives" not in batch:
             raise ValueError("NegCLIP needs hard negatives: set data.init_args.hard_negatives (e.g. [negclip])")
-        image_features = self.backbone.encode_image(batch["image"])
-        text_features = self.backbone.encode_text(batch["text"])
-        negative_features = self.encode_negatives(batch["negatives"], batch["negative_mask"])
-        image_ids = batch["image_id"] if self.mask_same_image else None
+        return {
+            **super().features(batch),
+            "negatives": self.encode_negatives(batch["negatives"], batch["negative_mask"]),
+            "negative_mask": batch["negative_mask"],
+            "image_id": batch["image_id"] if self.mask_same_image else None,
+        }
+
+    def loss_terms(
+        self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
+    ) -> dict[str, torch.Tensor]:
         return negclip_loss(
-            image_features,
-            text_features,
-            negative_features,
-            batch["negative_mask"],
-            self.backbone.logit_scale,
-            image_ids,
+            features["image"],
+            features["text"],
+            features["negatives"],
+            features["negative_mask"],
+            self.temperature(detach_parameters),
+            features["image_id"],
         )

@@ -130,7 +130,8 @@ class REACT(CLIP):
         super().on_save_checkpoint(checkpoint)
         checkpoint["hyper_parameters"]["react_checkpoint"] = None  # its weights are in this checkpoint
 
-    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        image_features = self.backbone.encode_image(batch["image"])
-        text_features = self.backbone.encode_text(batch["text"])
-        return unicl_loss(image_features, text_features, self.backbone.logit_scale, self.hparams.unicl_threshold)
+    def loss_terms(
+        self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
+    ) -> dict[str, torch.Tensor]:
+        scale = self.temperature(detach_parameters)
+        return unicl_loss(features["image"], features["text"], scale, self.hparams.unicl_threshold)
