@@ -6,7 +6,9 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import LightningModule
 from torch import nn
 
@@ -144,6 +146,21 @@ class ZooModule(LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The RNG states (Python, NumPy, torch, CUDA) go into every checkpoint, so a resumed run draws
+        the same augmentations and dataloader worker seeds as an uninterrupted one."""
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        name, keys, position, has_gauss, cached = states["numpy"]  # as tensors and numbers: weights_only loads
+        states["numpy"] = [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]
+        checkpoint["rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint and self._trainer is not None:  # resuming a fit, not loading weights
+            states = dict(checkpoint["rng_states"])
+            name, keys, position, has_gauss, cached = states["numpy"]
+            states["numpy"] = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
+            _set_rng_states(states)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters split into weight-decay and no-decay groups."""

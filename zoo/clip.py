@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from zoo.backbones import OpenCLIPBackbone
 from zoo.base import ZooModule
 from zoo.losses import contrastive_loss
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> float:
+    """A position-weighted sum of every value, enough to tell two sets of weights apart."""
+    total = 0.0
+    for i, name in enumerate(sorted(tensors)):
+        total += (i + 1) * float(tensors[name].detach().double().abs().sum())
+    return total
 
 
 class CLIP(ZooModule):
@@ -106,6 +115,34 @@ class CLIP(ZooModule):
         self.backbone.clamp_logit_scale_()
         self.log("train/logit_scale", self.backbone.logit_scale.item())
 
+    def _frozen_parameters(self) -> dict[str, torch.Tensor]:
+        return {name: param for name, param in self.named_parameters() if not param.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The weights are in the checkpoint: loading it elsewhere must not fetch the pretrained tag again.
-        checkpoint["hyper_parameters"]["pretrained"] = None
+        """A run that trains part of a pre-trained model (LoRA, locked towers, REACT's gated blocks)
+        saves only what it trains plus a reference to its frozen base (the ``pretrained`` tag or file)
+        and a checksum of it; any other run saves every weight and drops the reference."""
+        super().on_save_checkpoint(checkpoint)
+        hparams = checkpoint["hyper_parameters"]
+        frozen = self._frozen_parameters()
+        if hparams.get("pretrained") is None or not frozen:
+            hparams["pretrained"] = None  # the weights are all here: loading must not fetch the tag again
+            return
+        if Path(hparams["pretrained"]).is_file():
+            hparams["pretrained"] = str(Path(hparams["pretrained"]).resolve())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["frozen_base"] = {"pretrained": hparams["pretrained"], "checksum": _checksum(frozen)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Complete a trainable-only checkpoint with the frozen base this model was just built from."""
+        super().on_load_checkpoint(checkpoint)
+        base = checkpoint.get("frozen_base")
+        if base is None:
+            return
+        frozen = self._frozen_parameters()
+        if not math.isclose(_checksum(frozen), base["checksum"], rel_tol=1e-9):
+            raise RuntimeError(
+                f"the frozen base rebuilt from {base['pretrained']!r} is not the one this checkpoint was trained "
+                "on (its weights changed): load the checkpoint with the original base"
+            )
+        checkpoint["state_dict"] = {**{k: v.detach() for k, v in frozen.items()}, **checkpoint["state_dict"]}

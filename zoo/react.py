@@ -128,7 +128,8 @@ class REACT(CLIP):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["hyper_parameters"]["react_checkpoint"] = None  # its weights are in this checkpoint
+        if "frozen_base" not in checkpoint:  # every weight is in this checkpoint
+            checkpoint["hyper_parameters"]["react_checkpoint"] = None
 
     def loss_terms(
         self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
