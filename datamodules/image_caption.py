@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datamodules.hard_negatives import NegativeCaptions
@@ -75,6 +76,9 @@ class ImageCaptionDataModule(LightningDataModule):
         seed: seed of the per-sample caption choice and hard negatives.
         warm_text_engine: parse every training caption with spaCy (batched) before the workers start,
             so rule-based negatives run from the cache from the first step (map-style sources).
+        seeded_augmentation: random crops (and RandAugment) as a function of (seed, epoch, index):
+            the same whatever the number of workers, and exact when a run resumes mid-epoch.
+            Off by default only to keep the figures measured before it reproducible.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class ImageCaptionDataModule(LightningDataModule):
         neighbours: str | None = None,
         seed: int = 0,
         warm_text_engine: bool = True,
+        seeded_augmentation: bool = False,
     ) -> None:
         super().__init__()
         if source != "shapesworld" and train is None and val is None and test is None:
@@ -114,7 +119,9 @@ class ImageCaptionDataModule(LightningDataModule):
         self.neighbours = neighbours
         self.warm_text_engine = warm_text_engine
         self.seed = seed
+        self.seeded_augmentation = seeded_augmentation
         self._negatives: NegativeCaptions | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches trained) of a mid-epoch checkpoint
         self.tokenizer: Callable | None = None
         self.transforms: dict[str, Callable] = {}
 
@@ -169,6 +176,7 @@ class ImageCaptionDataModule(LightningDataModule):
             negatives=self.negative_captions() if tokenize else None,
             hard_images=self.hard_images and train,
             seed=self.seed,
+            seeded_augmentation=self.seeded_augmentation,
         )
         streaming = isinstance(records, IterableDataset)
         smoke_test = self.trainer is not None and self.trainer.fast_dev_run
@@ -177,6 +185,9 @@ class ImageCaptionDataModule(LightningDataModule):
         dataset = StreamSamples(records, recipe) if streaming else Samples(records, recipe)
         # drop_last in training: equal batches on every rank for the gathered contrastive loss
         sampler = None if streaming else EpochIndexSampler(dataset, shuffle=train, seed=self.seed, drop_last=train)
+        if train and sampler is not None and self._resume is not None:
+            epoch, batches = self._resume
+            sampler.resume, self._resume = (epoch, batches * self.batch_size), None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -187,6 +198,25 @@ class ImageCaptionDataModule(LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             collate_fn=CaptionCollator(self.tokenizer if tokenize else None),
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in its epoch (saved in checkpoints): a resumed run skips the batches
+        this epoch already trained on, in the same order (map-style sources)."""
+        if self.trainer is None:
+            return {}
+        # "processed": a checkpoint written in on_train_batch_end has trained on the batch "completed" omits
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("batches"):
+            if self.source == "webdataset":
+                rank_zero_warn(
+                    "this checkpoint was saved mid-epoch and webdataset streams cannot skip what they already "
+                    "served: the epoch restarts from its first shard (resume from an end-of-epoch checkpoint)"
+                )
+                return
+            self._resume = (state_dict["epoch"], state_dict["batches"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True, tokenize=True)

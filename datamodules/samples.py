@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, IterableDataset
@@ -25,6 +28,9 @@ class SampleRecipe:
         negatives: hard-negative captions to add, or None.
         hard_images: also attach the record's neighbour (NegCLIP's hard images).
         seed: seed of the per-sample RNGs.
+        seeded_augmentation: draw the image transform's randomness (torch, Python, NumPy) from an RNG
+            seeded by (seed, epoch, index), so a sample's augmentation is the same whatever the
+            worker, the number of workers or a resume; otherwise from the worker's global RNGs.
     """
 
     transform: Callable
@@ -32,6 +38,23 @@ class SampleRecipe:
     negatives: NegativeCaptions | None = None
     hard_images: bool = False
     seed: int = 0
+    seeded_augmentation: bool = False
+
+    def augment(self, image: Any, index: int, epoch: int) -> Any:
+        """The transformed image (with ``seeded_augmentation``, as a function of (seed, epoch, index))."""
+        if not self.seeded_augmentation:
+            return self.transform(image)
+        value = sample_rng(self.seed, epoch, index, "augmentation").getrandbits(63)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(value)
+            random.seed(value)
+            np.random.seed(value % 2**32)
+            try:
+                return self.transform(image)
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
 
     def build(self, records: Any, record: dict | None, index: int, epoch: int, neighbour: bool) -> dict | None:
         """The sample of ``record`` (number ``index`` of ``records``) in ``epoch``."""
@@ -39,7 +62,7 @@ class SampleRecipe:
             return None
         sample = {
             "key": record["key"],
-            "image": self.transform(record["image"]),
+            "image": self.augment(record["image"], index, epoch),
             "captions": record["captions"],
             "image_id": record.get("image_id", index),
         }
@@ -91,7 +114,8 @@ class StreamSamples(IterableDataset):
 class EpochIndexSampler(DistributedSampler):
     """A DistributedSampler that yields ``(epoch, index)``: the workers learn the epoch with every
     index, so per-sample randomness (caption choice, hard negatives) is a function of
-    (seed, epoch, index) alone, whatever the number of workers. Lightning calls ``set_epoch``."""
+    (seed, epoch, index) alone, whatever the number of workers. Lightning calls ``set_epoch``;
+    ``resume = (epoch, n)`` skips the first ``n`` indices of that epoch once (a mid-epoch resume)."""
 
     def __init__(self, dataset: Dataset, shuffle: bool, seed: int, drop_last: bool = False) -> None:
         distributed = dist.is_available() and dist.is_initialized()
@@ -104,9 +128,13 @@ class EpochIndexSampler(DistributedSampler):
             drop_last=drop_last,
         )
 
+        self.resume: tuple[int, int] | None = None  # (epoch, samples of this rank already seen)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return ((epoch, index) for index in super().__iter__())
+        epoch, skip = self.epoch, 0
+        if self.resume is not None and self.resume[0] == epoch:  # a run resumed mid-epoch: once
+            skip, self.resume = self.resume[1], None
+        return ((epoch, index) for index in islice(super().__iter__(), skip, None))
 
 
 class CaptionCollator:

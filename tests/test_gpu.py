@@ -25,7 +25,7 @@ class LossHistory(Callback):
 
 
 def _fit(method, strategy, tmp_path, *extra):
-    args = ["fit", "--config", str(ROOT / "configs" / f"{method}.yaml")]
+    args = ["--config", str(ROOT / "configs" / f"{method}.yaml")]
     args += ["--config", str(ROOT / "configs" / "strategy" / f"{strategy}.yaml"), "--trainer.devices", "1"]
     args += ["--trainer.overfit_batches", "1", "--trainer.max_epochs", "20", "--trainer.limit_val_batches", "0"]
     args += ["--trainer.default_root_dir", str(tmp_path), *extra]
@@ -47,7 +47,7 @@ def test_twenty_steps_on_a_fixed_batch_lower_the_loss(method, strategy, tmp_path
 
 @pytest.mark.parametrize("method", METHODS)
 def test_bf16_loss_matches_cpu_fp32_at_step_zero(method):
-    cli = train.main(["fit", "--config", str(ROOT / "configs" / f"{method}.yaml")], run=False)
+    cli = train.main(["--config", str(ROOT / "configs" / f"{method}.yaml")], run=False)
     cli.datamodule.setup("fit")
     batch = next(iter(cli.datamodule.train_dataloader()))
     model = cli.model.eval()

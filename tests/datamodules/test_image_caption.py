@@ -161,3 +161,23 @@ def test_shapesworld_batches_are_reproducible():
     a, b = first_batch(), first_batch()
     assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"]
     assert a["caption"] == [generate_sample(i, split="val", image_size=16)["captions"][0] for i in range(4)]
+
+
+def test_seeded_augmentation_is_a_function_of_seed_epoch_and_index():
+    import random
+
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from datamodules.samples import SampleRecipe
+
+    recipe = SampleRecipe(T.Compose([T.RandomResizedCrop(16, scale=(0.2, 1.0)), T.ToTensor()]), None, seeded_augmentation=True)
+    image = Image.frombytes("RGB", (32, 32), bytes(range(256)) * 12)
+    first = recipe.augment(image, index=5, epoch=1)
+    torch.manual_seed(123)
+    random.seed(9)
+    state = torch.get_rng_state()
+    assert torch.equal(recipe.augment(image, index=5, epoch=1), first)  # whatever the global RNG state
+    assert torch.equal(torch.get_rng_state(), state)  # which it leaves untouched
+    assert not torch.equal(recipe.augment(image, index=5, epoch=2), first)
+    assert not torch.equal(recipe.augment(image, index=6, epoch=1), first)

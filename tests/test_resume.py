@@ -1,0 +1,54 @@
+"""A run interrupted mid-epoch and resumed gives the same losses as an uninterrupted one."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Record(Callback):
+    """Per-step training losses; with ``stop_at``, a checkpoint there and a stop (an interruption)."""
+
+    def __init__(self, stop_at: int | None = None, path: Path | None = None) -> None:
+        self.losses: list[float] = []
+        self.stop_at, self.path = stop_at, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        if trainer.global_step == self.stop_at:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+
+
+def _run(tmp_path, name, record, *extra):
+    args = ["--config", str(ROOT / "configs" / "negclip.yaml"), "--trainer.max_epochs", "1"]
+    args += ["--data.init_args.shapesworld.n_train", "64", "--data.init_args.batch_size", "8"]
+    args += ["--data.init_args.num_workers", "2", "--data.init_args.seeded_augmentation", "true"]
+    args += ["--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]"]
+    args += ["--model.init_args.lr_schedule", "constant", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.default_root_dir", str(tmp_path / name)]
+    cli = train.main(args, run=False)
+    cli.trainer.callbacks.append(record)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=extra[0] if extra else None)
+    return cli
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_continues_the_same_batches(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    straight = Record()
+    whole = _run(tmp_path, "straight", straight)
+    assert len(straight.losses) == 8  # 64 scenes / 8
+    interrupted = Record(stop_at=3, path=tmp_path / "mid.ckpt")
+    _run(tmp_path, "first", interrupted)
+    assert interrupted.losses == straight.losses[:3]
+    resumed = Record()
+    rest = _run(tmp_path, "resumed", resumed, str(tmp_path / "mid.ckpt"))
+    assert resumed.losses == pytest.approx(straight.losses[3:], rel=1e-6)
+    for name, param in whole.model.named_parameters():
+        assert torch.allclose(param, rest.model.get_parameter(name), atol=1e-6), name
