@@ -183,6 +183,8 @@ class ImageCaptionDataModule(LightningDataModule):
         if train and self.warm_text_engine and recipe.negatives is not None and not streaming and not smoke_test:
             recipe.negatives.warm(_captions_of(records))  # parsed once here, inherited by the workers
         dataset = StreamSamples(records, recipe) if streaming else Samples(records, recipe)
+        if streaming and train and self.trainer is not None:  # a resumed run continues its epoch count
+            dataset.epoch = self.trainer.current_epoch - 1
         # drop_last in training: equal batches on every rank for the gathered contrastive loss
         sampler = None if streaming else EpochIndexSampler(dataset, shuffle=train, seed=self.seed, drop_last=train)
         if train and sampler is not None and self._resume is not None:

@@ -98,7 +98,8 @@ class Samples(Dataset):
 
 
 class StreamSamples(IterableDataset):
-    """Streaming samples (webdataset): the sample key stands in for the index; each pass is an epoch."""
+    """Streaming samples (webdataset): the sample key stands in for the index; each pass is an epoch
+    (``epoch`` is the one before the next pass: the data module sets it from the trainer on resume)."""
 
     def __init__(self, records: IterableDataset, recipe: SampleRecipe) -> None:
         self.records, self.recipe = records, recipe

@@ -181,3 +181,24 @@ def test_seeded_augmentation_is_a_function_of_seed_epoch_and_index():
     assert torch.equal(torch.get_rng_state(), state)  # which it leaves untouched
     assert not torch.equal(recipe.augment(image, index=5, epoch=2), first)
     assert not torch.equal(recipe.augment(image, index=6, epoch=1), first)
+
+
+def test_streaming_training_resumes_its_epoch_count(tmp_path):
+    from types import SimpleNamespace
+
+    write_shards(tmp_path, n=8, split="train", image_size=32, shard_size=4)
+    dm = _connect(
+        ImageCaptionDataModule(
+            source="webdataset",
+            train=str(tmp_path / "shapesworld-train-{000000..000001}.tar"),
+            batch_size=4,
+            num_workers=0,
+            hard_negatives=["negclip"],
+        )
+    )
+    assert next(iter(dm.train_dataloader()))["negatives"].shape[:2] == (4, 1)
+    dm.trainer = SimpleNamespace(current_epoch=3, fast_dev_run=False)  # restored from a checkpoint
+    loader = dm.train_dataloader()
+    assert loader.dataset.epoch == 2
+    next(iter(loader))
+    assert loader.dataset.epoch == 3  # the samples of epoch 3, not a second epoch 0
