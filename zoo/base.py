@@ -119,18 +119,18 @@ class ZooModule(LightningModule):
         schedule = self.lr_schedulers()
         if schedule is not None:
             schedule.step()
-        batch_size = sum(len(batch["image"]) for batch in batches)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=batch_size)
-        self.log("train/loss", torch.stack(list(terms.values())).sum(), prog_bar=True, batch_size=batch_size)
+        self._log_terms(terms, "train", sum(len(batch["image"]) for batch in batches))
 
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        terms = self.losses(batch)
+    def _log_terms(self, terms: dict[str, torch.Tensor], stage: str, batch_size: int) -> torch.Tensor:
+        """Log every term and their sum (``{stage}/loss``); returns the sum."""
         total = torch.stack(list(terms.values())).sum()
-        batch_size = len(batch["image"])
         sync = stage != "train"
         self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=batch_size, sync_dist=sync)
         self.log(f"{stage}/loss", total, prog_bar=True, batch_size=batch_size, sync_dist=sync)
         return total
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        return self._log_terms(self.losses(batch), stage, len(batch["image"]))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if self.automatic_optimization:

@@ -13,7 +13,6 @@ traversal order changes with ``PYTHONHASHSEED``; sorting makes the draws reprodu
 from __future__ import annotations
 
 import bisect
-import os
 import random
 import sys
 from array import array
@@ -104,8 +103,6 @@ class Lexicon:
         self._reset()
 
     def _reset(self) -> None:
-        self._wn: Any = None
-        self._wn_pid: int | None = None
         self._counts: dict[str, int] | None = None
         self._replacements: dict[tuple[str, str], Candidates] = {}
         self._by_synsets: dict[tuple[str, ...], Candidates] = {}
@@ -121,10 +118,9 @@ class Lexicon:
 
     @property
     def wordnet(self) -> Any:
-        """This process's reader: a forked worker must not read through its parent's open files."""
-        if self._wn is None or self._wn_pid != os.getpid():
-            self._wn, self._wn_pid = load_wordnet(), os.getpid()
-        return self._wn
+        """This process's reader (``load_wordnet`` caches one per process: a forked worker must not read
+        through its parent's open files)."""
+        return load_wordnet()
 
     def lemma_count(self, lemma: Any) -> int:
         """``lemma.count()`` (tagged-sense frequency from cntlist.rev), read once into a dict."""
@@ -148,7 +144,7 @@ class Lexicon:
 
     def _trim_reader_cache(self) -> None:
         """NLTK keeps every synset it ever built; drop them past ``MAX_CACHED_SYNSETS`` (memory bound)."""
-        cache = getattr(self._wn, "_synset_offset_cache", None)
+        cache = getattr(self.wordnet, "_synset_offset_cache", None)
         if isinstance(cache, dict) and sum(len(v) for v in cache.values()) > MAX_CACHED_SYNSETS:
             cache.clear()
 

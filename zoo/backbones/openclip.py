@@ -23,7 +23,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preproc
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from zoo.backbones.lora import add_lora, has_lora, merged_state_dict, parameter_table
+from zoo.backbones.lora import add_lora, has_lora, merged_state_dict, parameter_table, tower_roots
 
 MAX_LOGIT_SCALE = 100.0
 PROBE_CAPTIONS = ["a red circle left of a blue square", "two green triangles", "a photo of a dog on a sofa"]
@@ -116,9 +116,8 @@ class OpenCLIPBackbone(nn.Module):
     def compile_towers(self, **options: Any) -> None:
         """``torch.compile`` both towers in place (``nn.Module.compile``: parameter names, checkpoints
         and exports are unchanged); ``options`` are ``torch.compile``'s (``mode``, ``backend``, ...)."""
-        self.model.visual.compile(**options)
-        text = self.model.text if hasattr(self.model, "text") else self.model.transformer
-        text.compile(**options)
+        for tower in tower_roots(self.model).values():
+            tower.compile(**options)
 
     # ----------------------------------------------------------------------------------- data
     def image_transform(self, train: bool) -> Callable:
