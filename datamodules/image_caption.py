@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datamodules.hard_negatives import NegativeCaptions
 from datamodules.neighbours import WithNeighbours, read_neighbour_table
-from datamodules.samples import CaptionCollator, EpochIndexSampler, SampleRecipe, Samples, StreamSamples
+from datamodules.samples import CaptionCollator, EpochIndexSampler, SampleRecipe, Samples, StreamResume, StreamSamples
 from datamodules.shapesworld import (
     ShapesWorld,
     write_classification_benchmark,
@@ -121,7 +122,8 @@ class ImageCaptionDataModule(LightningDataModule):
         self.seed = seed
         self.seeded_augmentation = seeded_augmentation
         self._negatives: NegativeCaptions | None = None
-        self._resume: tuple[int, int] | None = None  # (epoch, batches trained) of a mid-epoch checkpoint
+        self._resume: dict[str, Any] | None = None  # the state of a mid-epoch checkpoint
+        self._stream: tuple[int, dict[int, int], int] = (-1, {}, -1)  # (epoch, samples read per share, last share)
         self.tokenizer: Callable | None = None
         self.transforms: dict[str, Callable] = {}
 
@@ -151,7 +153,7 @@ class ImageCaptionDataModule(LightningDataModule):
         if self.source == "manifest":
             return ManifestDataset(path, skip_corrupt=self.skip_corrupt)
         shuffle = self.shuffle_buffer if split == "train" else 0
-        return WebDatasetSource(path, shuffle=shuffle, skip_corrupt=self.skip_corrupt)
+        return WebDatasetSource(path, shuffle=shuffle, skip_corrupt=self.skip_corrupt, seed=self.seed)
 
     def has_split(self, split: Split) -> bool:
         return self.source == "shapesworld" or self.paths[split] is not None
@@ -187,9 +189,12 @@ class ImageCaptionDataModule(LightningDataModule):
             dataset.epoch = self.trainer.current_epoch - 1
         # drop_last in training: equal batches on every rank for the gathered contrastive loss
         sampler = None if streaming else EpochIndexSampler(dataset, shuffle=train, seed=self.seed, drop_last=train)
-        if train and sampler is not None and self._resume is not None:
-            epoch, batches = self._resume
-            sampler.resume, self._resume = (epoch, batches * self.batch_size), None
+        if train and self._resume is not None:
+            resume, self._resume = self._resume, None
+            if sampler is not None:
+                sampler.resume = (resume["epoch"], resume["batches"] * self.batch_size)
+            else:
+                dataset.resume = self._stream_resume(resume)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -201,24 +206,54 @@ class ImageCaptionDataModule(LightningDataModule):
             collate_fn=CaptionCollator(self.tokenizer if tokenize else None),
         )
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record how far each worker's stream has got in the training epoch (webdataset)."""
+        position = batch.pop("stream_position", None) if isinstance(batch, dict) else None
+        if position is not None and self.trainer is not None and self.trainer.training:
+            epoch = self.trainer.current_epoch
+            read = self._stream[1] if self._stream[0] == epoch else {}
+            read[position[0]] = position[1]
+            self._stream = (epoch, read, position[0])
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in its epoch (saved in checkpoints): a resumed run skips the batches
-        this epoch already trained on, in the same order (map-style sources)."""
+        this epoch already trained on, in the same order. Streaming sources also save, per rank, how
+        many samples each worker read and which worker gave the last batch."""
         if self.trainer is None:
             return {}
         # "processed": a checkpoint written in on_train_batch_end has trained on the batch "completed" omits
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+        state = {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+        if self.source == "webdataset":
+            epoch, read, last = self._stream
+            if epoch != self.trainer.current_epoch:
+                read, last = {}, -1
+            shares = max(self.num_workers, 1)
+            local = torch.tensor([read.get(share, 0) for share in range(shares)] + [last], device=self.trainer.strategy.root_device)
+            gathered = self.trainer.strategy.all_gather(local).view(-1, shares + 1).tolist()  # every rank saves
+            state["stream"] = [{"positions": row[:-1], "last_share": row[-1]} for row in gathered]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("batches"):
-            if self.source == "webdataset":
-                rank_zero_warn(
-                    "this checkpoint was saved mid-epoch and webdataset streams cannot skip what they already "
-                    "served: the epoch restarts from its first shard (resume from an end-of-epoch checkpoint)"
-                )
-                return
-            self._resume = (state_dict["epoch"], state_dict["batches"])
+            self._resume = state_dict
+            # Lightning looks for resumable DataLoaders only; here the data module resumes the epoch
+            warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+
+    def _stream_resume(self, state: dict[str, Any]) -> StreamResume | None:
+        """This rank's place in a streaming epoch, if the checkpoint was saved with the same ranks and workers."""
+        streams, shares = state.get("stream"), max(self.num_workers, 1)
+        if not streams or len(streams) != self.trainer.world_size or len(streams[0]["positions"]) != shares:
+            saved = f"{len(streams)} ranks x {len(streams[0]['positions'])} workers" if streams else "no stream positions"
+            rank_zero_warn(
+                f"this checkpoint was saved mid-epoch ({saved}); a webdataset stream resumes exactly only with "
+                f"the same number of ranks and workers ({self.trainer.world_size} x {shares} now): the epoch "
+                "restarts from its first shard"
+            )
+            return None
+        stream = streams[self.trainer.global_rank]
+        return StreamResume(state["epoch"], stream["positions"], stream["last_share"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True, tokenize=True)

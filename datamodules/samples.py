@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler, IterableDataset
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from datamodules.hard_negatives import NegativeCaptions, sample_rng
 
@@ -97,19 +97,42 @@ class Samples(Dataset):
         return self.recipe.build(self.records, self.records[index], index, epoch, neighbour=True)
 
 
+@dataclass
+class StreamResume:
+    """Where a streaming epoch stopped: samples read per worker share and the share that gave the last batch."""
+
+    epoch: int
+    positions: list[int]
+    last_share: int
+
+
 class StreamSamples(IterableDataset):
-    """Streaming samples (webdataset): the sample key stands in for the index; each pass is an epoch
-    (``epoch`` is the one before the next pass: the data module sets it from the trainer on resume)."""
+    """Streaming samples (a :class:`~datamodules.sources.WebDatasetSource`): the sample key stands in
+    for the index; each pass is an epoch (``epoch`` is the one before the next pass: the data module
+    sets it from the trainer on resume). Each sample carries ``stream_position`` = (worker share, samples
+    of that share read), which the data module records from the batches it trains on.
+
+    ``resume = StreamResume(...)`` continues a pass where a mid-epoch checkpoint left it, once.
+    """
 
     def __init__(self, records: IterableDataset, recipe: SampleRecipe) -> None:
         self.records, self.recipe = records, recipe
         self.epoch = -1
+        self.resume: StreamResume | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any] | None]:
         self.epoch += 1
-        for record in self.records:
-            index = zlib.crc32(record["key"].encode()) if record is not None else 0
-            yield self.recipe.build(None, record, index, self.epoch, neighbour=False)
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        role, skip = worker, 0
+        if self.resume is not None and self.resume.epoch == self.epoch:  # a run resumed mid-epoch: once
+            # the new loader's round robin starts at worker 0: give it the share that was due next
+            role = (worker + self.resume.last_share + 1) % num_workers
+            skip, self.resume = self.resume.positions[role], None
+        for record in self.records.epoch_records(self.epoch, skip=skip, role=role):
+            index = zlib.crc32(record["key"].encode())
+            sample = self.recipe.build(None, record, index, self.epoch, neighbour=False)
+            yield {**sample, "stream_position": (role, record["position"])}
 
 
 class EpochIndexSampler(DistributedSampler):
@@ -156,6 +179,8 @@ class CaptionCollator:
             "captions": [s["captions"] for s in samples],
             "image_id": torch.tensor([s["image_id"] for s in samples]),
         }
+        if "stream_position" in samples[0]:  # every sample of a batch comes from one worker, in order
+            batch["stream_position"] = samples[-1]["stream_position"]
         if self.tokenizer is None:
             return batch
         batch["caption"] = [s["caption"] for s in samples]

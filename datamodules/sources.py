@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,27 +194,59 @@ def decode_webdataset_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 class WebDatasetSource(IterableDataset):
-    """Records from webdataset tar shards (brace patterns allowed), split across nodes and workers."""
+    """Records from webdataset tar shards (brace patterns allowed), split across ranks and workers.
 
-    def __init__(self, urls: str | list[str], shuffle: int = 0, skip_corrupt: bool = False) -> None:
+    A pass is a function of (seed, epoch, rank, worker): the shard list is shuffled by (seed, epoch),
+    split as ``shards[rank::world_size][worker::num_workers]`` (webdataset's node and worker
+    splitters), read sequentially and shuffled in a buffer of ``shuffle`` samples seeded by
+    (seed, epoch, rank, worker). Every record carries its ``position``: how many samples of the pass
+    were read up to it, so :meth:`epoch_records` can continue a pass where a checkpoint left it.
+
+    Args:
+        urls: shard paths or URLs, or a brace pattern (``shards-{000000..000099}.tar``).
+        shuffle: sample shuffle buffer (0: shards and samples in order).
+        skip_corrupt: skip and count bad samples instead of raising.
+        seed: seed of the shard and sample shuffles.
+    """
+
+    def __init__(self, urls: str | list[str], shuffle: int = 0, skip_corrupt: bool = False, seed: int = 0) -> None:
         self.urls = urls
         self.shuffle = shuffle
         self.skip_corrupt = skip_corrupt
+        self.seed = seed
         self.skipped = SkipCounter()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        pipeline = wds.WebDataset(
-            self.urls,
-            shardshuffle=self.shuffle or False,
-            nodesplitter=wds.split_by_node,
-            workersplitter=wds.split_by_worker,
-            empty_check=False,
-        )
+        return self.epoch_records(epoch=0)
+
+    def epoch_records(self, epoch: int, skip: int = 0, role: int | None = None) -> Iterator[dict[str, Any]]:
+        """The records of pass ``epoch``, after the first ``skip`` samples (read, not decoded).
+
+        ``role`` is the worker whose share this worker reads (default: its own id); a resumed epoch
+        rotates the shares so the DataLoader's round robin continues where it stopped.
+        """
+        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+        role = worker if role is None else role
+        patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
+        urls = [url for pattern in patterns for url in wds.shardlists.expand_urls(pattern)]
+        if len(urls) % world_size:
+            raise ValueError(
+                f"{len(urls)} shards cannot be split evenly across {world_size} ranks: ranks would train on "
+                "different numbers of batches and wait for each other at the end of the epoch; write a "
+                "multiple of the number of ranks of equal-size shards"
+            )
         if self.shuffle:
-            pipeline = pipeline.shuffle(self.shuffle)
-        for sample in pipeline:
+            random.Random(f"vlzoo/{self.seed}/{epoch}/shards").shuffle(urls)
+        urls = urls[rank::world_size][role::num_workers]
+        samples = wds.tarfile_to_samples()(iter([{"url": url} for url in urls]))
+        if self.shuffle:
+            rng = random.Random(f"vlzoo/{self.seed}/{epoch}/{rank}/{role}/samples")
+            samples = wds.shuffle(self.shuffle, rng=rng)(samples)
+        for position, sample in enumerate(samples, start=1):
+            if position <= skip:
+                continue
             try:
-                yield decode_webdataset_sample(sample)
+                yield {**decode_webdataset_sample(sample), "position": position}
             except CorruptSampleError as error:
                 if not self.skip_corrupt:
                     raise

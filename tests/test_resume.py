@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch import Callback
 
 import train
+from datamodules.shapesworld import write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,8 +26,8 @@ class Record(Callback):
             trainer.should_stop = True
 
 
-def _run(tmp_path, name, record, *extra):
-    args = ["--config", str(ROOT / "configs" / "negclip.yaml"), "--trainer.max_epochs", "1"]
+def _run(tmp_path, name, record, *extra, data=()):
+    args = ["--config", str(ROOT / "configs" / "negclip.yaml"), "--trainer.max_epochs", "1", *data]
     args += ["--data.init_args.shapesworld.n_train", "64", "--data.init_args.batch_size", "8"]
     args += ["--data.init_args.num_workers", "2", "--data.init_args.seeded_augmentation", "true"]
     args += ["--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]"]
@@ -39,16 +40,22 @@ def _run(tmp_path, name, record, *extra):
 
 
 @pytest.mark.slow
-def test_mid_epoch_resume_continues_the_same_batches(tmp_path, monkeypatch):
+@pytest.mark.parametrize("source", ["shapesworld", "webdataset"])
+def test_mid_epoch_resume_continues_the_same_batches(source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    data = ()
+    if source == "webdataset":  # 3 shards for one worker, 2 for the other: stop in the round robin
+        write_shards(tmp_path / "shards", n=80, image_size=32, shard_size=16)
+        data = ("--data.init_args.source", "webdataset", "--data.init_args.shuffle_buffer", "16")
+        data += ("--data.init_args.train", str(tmp_path / "shards" / "shapesworld-train-{000000..000004}.tar"))
     straight = Record()
-    whole = _run(tmp_path, "straight", straight)
-    assert len(straight.losses) == 8  # 64 scenes / 8
+    whole = _run(tmp_path, "straight", straight, data=data)
+    assert len(straight.losses) == (8 if source == "shapesworld" else 10)  # 64 scenes / 8; 48 / 8 + 32 / 8
     interrupted = Record(stop_at=3, path=tmp_path / "mid.ckpt")
-    _run(tmp_path, "first", interrupted)
+    _run(tmp_path, "first", interrupted, data=data)
     assert interrupted.losses == straight.losses[:3]
     resumed = Record()
-    rest = _run(tmp_path, "resumed", resumed, str(tmp_path / "mid.ckpt"))
+    rest = _run(tmp_path, "resumed", resumed, str(tmp_path / "mid.ckpt"), data=data)
     assert resumed.losses == pytest.approx(straight.losses[3:], rel=1e-6)
     for name, param in whole.model.named_parameters():
         assert torch.allclose(param, rest.model.get_parameter(name), atol=1e-6), name

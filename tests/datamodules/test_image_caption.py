@@ -1,6 +1,7 @@
 import io
 import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import webdataset as wds
 from PIL import Image
 
 from datamodules import CorruptSampleError, ImageCaptionDataModule, ManifestDataset, ShapesWorldConfig, WebDatasetSource
+from datamodules.samples import StreamResume
 from datamodules.shapesworld import generate_sample, write_shards
 
 
@@ -202,3 +204,58 @@ def test_streaming_training_resumes_its_epoch_count(tmp_path):
     assert loader.dataset.epoch == 2
     next(iter(loader))
     assert loader.dataset.epoch == 3  # the samples of epoch 3, not a second epoch 0
+
+
+def _stream_batches(loader):
+    return [(batch["key"], batch["stream_position"]) for batch in loader]
+
+
+def test_webdataset_epoch_continues_where_a_mid_epoch_checkpoint_left_it(tmp_path):
+    """Every interruption point, the tail where one worker has run out of shards included."""
+    write_shards(tmp_path, n=40, image_size=16, shard_size=8)  # 5 shards: 3 for one worker, 2 for the other
+    pattern = str(tmp_path / "shapesworld-train-{000000..000004}.tar")
+    dm = _connect(ImageCaptionDataModule(source="webdataset", train=pattern, batch_size=3, num_workers=2, shuffle_buffer=8))
+    whole = _stream_batches(dm.train_dataloader())
+    keys = [key for batch, _ in whole for key in batch]
+    assert len(keys) == len(set(keys)) and len(whole) >= 8
+    assert _stream_batches(dm.train_dataloader()) == whole  # a pass is a function of (seed, epoch)
+    shares = [share for _, (share, _) in whole]
+    assert shares[:4] == [0, 1, 0, 1] and shares[-2] == shares[-1]  # round robin, then one worker's tail
+    for stop in range(1, len(whole)):
+        positions = [0, 0]
+        for _, (share, position) in whole[:stop]:
+            positions[share] = position
+        loader = dm.train_dataloader()
+        loader.dataset.resume = StreamResume(epoch=0, positions=positions, last_share=whole[stop - 1][1][0])
+        assert [batch for batch, _ in _stream_batches(loader)] == [batch for batch, _ in whole[stop:]], stop
+
+
+def test_webdataset_passes_differ_by_epoch_and_seed(tmp_path):
+    write_shards(tmp_path, n=20, image_size=16, shard_size=5)
+    pattern = str(tmp_path / "shapesworld-train-{000000..000003}.tar")
+    def keys(seed, epoch):
+        return [r["key"] for r in WebDatasetSource(pattern, shuffle=8, seed=seed).epoch_records(epoch)]
+    assert keys(0, 0) == keys(0, 0) and sorted(keys(0, 0)) == sorted(keys(0, 1))
+    assert keys(0, 0) != keys(0, 1) and keys(0, 0) != keys(1, 0)
+    assert [r["key"] for r in WebDatasetSource(pattern).epoch_records(0)] == sorted(keys(0, 0))  # no shuffle: in order
+    positions = [r["position"] for r in WebDatasetSource(pattern, shuffle=8).epoch_records(0, skip=7)]
+    assert positions == list(range(8, 21))
+
+
+def test_webdataset_resume_with_other_workers_warns_and_restarts_the_epoch(tmp_path):
+    write_shards(tmp_path, n=8, image_size=16, shard_size=4)
+    dm = _connect(ImageCaptionDataModule(source="webdataset", train=str(tmp_path / "shapesworld-train-{000000..000001}.tar"), batch_size=2, num_workers=2))
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
+    saved = {"epoch": 0, "batches": 2, "stream": [{"positions": [2, 2], "last_share": 1}]}
+    assert dm._stream_resume(saved) == StreamResume(epoch=0, positions=[2, 2], last_share=1)
+    dm.num_workers = 4
+    with pytest.warns(UserWarning, match=r"1 ranks x 2 workers.*\(1 x 4 now\): the epoch restarts"):
+        assert dm._stream_resume(saved) is None
+
+
+def test_webdataset_shards_must_split_evenly_across_ranks(tmp_path, monkeypatch):
+    write_shards(tmp_path, n=12, image_size=16, shard_size=4)  # 3 shards
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="3 shards cannot be split evenly across 2 ranks"):
+        next(iter(WebDatasetSource(str(tmp_path / "shapesworld-train-{000000..000002}.tar"))))
