@@ -52,8 +52,7 @@ def build(method: str, args: argparse.Namespace, compiled: bool) -> zoo.CLIP:
 def synthetic_batch(model: zoo.CLIP, method: str, batch_size: int, device: str) -> dict[str, torch.Tensor]:
     """Random images and captions (and 3 valid negatives per caption for NegCLIP / FSC-CLIP)."""
     generator = torch.Generator().manual_seed(0)
-    size = model.backbone.model.visual.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = model.backbone.image_size
     words = ["red", "blue", "circle", "square", "left", "of", "a", "large", "small", "green"]
     captions = [" ".join(words[int(i)] for i in torch.randint(0, 10, (8,), generator=generator)) for _ in range(batch_size)]
     batch = {"image": torch.randn(batch_size, 3, *size, generator=generator), "text": model.backbone.tokenize(captions)}
@@ -151,9 +150,8 @@ def open_clip_trainer(args: argparse.Namespace) -> float | None:
 
 def end_to_end_loader(model: zoo.CLIP, args: argparse.Namespace, root: Path):
     """ShapesWorld webdataset shards at the model's image size, decoded in dataloader workers."""
-    size = model.backbone.model.visual.image_size
     n = args.batch_size * (args.warmup + args.steps + 2)
-    shards = write_shards(root, n, image_size=size if isinstance(size, int) else size[0], shard_size=max(1, n // 8))
+    shards = write_shards(root, n, image_size=model.backbone.image_size[0], shard_size=max(1, n // 8))
     pattern = str(root / f"shapesworld-train-{{000000..{len(shards) - 1:06d}}}.tar")
     data = ImageCaptionDataModule(source="webdataset", train=pattern, batch_size=args.batch_size, num_workers=args.workers)
     data.connect(**model.data_transforms())

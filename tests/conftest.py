@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_MODEL_CFG = {
     "embed_dim": 32,
@@ -34,6 +40,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_RELOAD_AND_EXPORT = """
+import sys
+import open_clip, torch, zoo
+checkpoint, module, out = sys.argv[1:]
+assert not torch.cuda.is_available()
+model = getattr(zoo, module).load_from_checkpoint(checkpoint, map_location="cpu").eval()
+exported = open_clip.create_model("local-dir:" + str(model.export_open_clip(out).parent)).eval()
+size = model.backbone.image_size
+images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+texts = model.backbone.tokenize(["a red circle", "two blue squares"])
+with torch.no_grad():
+    embeddings = {
+        "image": model.backbone.model.encode_image(images), "text": model.backbone.model.encode_text(texts),
+        "exported_image": exported.encode_image(images), "exported_text": exported.encode_text(texts),
+    }
+torch.save({"images": images, "texts": texts, **embeddings}, out + "/embeddings.pt")
+"""
+
+
+def reload_in_fresh_process(checkpoint: str | Path, out_dir: str | Path, module: str = "CLIP") -> dict:
+    """Load a checkpoint with ``load_from_checkpoint`` in a new Python process that sees no GPU, export it to
+    open_clip ``local-dir:`` there, and return the probe ``images`` / ``texts`` with the embeddings of the
+    reloaded model (``image``, ``text``) and of its export (``exported_image``, ``exported_text``)."""
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-c", _RELOAD_AND_EXPORT, str(checkpoint), module, str(out_dir)]
+    subprocess.run(command, check=True, env=environment, cwd=ROOT, timeout=600)
+    return torch.load(Path(out_dir) / "embeddings.pt")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback
 
 import train
-import zoo
+from tests.conftest import reload_in_fresh_process
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,9 @@ def test_checkpoint_reloads_on_cpu_with_identical_embeddings(strategy, tmp_path,
 
         convert_zero_checkpoint_to_fp32_state_dict(path, tmp_path / "consolidated.ckpt")
         path = tmp_path / "consolidated.ckpt"
-    images = torch.randn(2, 3, 64, 64)
-    expected = cli.model.float().cpu().eval().encode_image(images)
-    reloaded = zoo.CLIP.load_from_checkpoint(path, map_location="cpu").eval()
-    assert torch.allclose(reloaded.encode_image(images), expected, atol=1e-5)
+    reloaded = reload_in_fresh_process(path, tmp_path / "exported")
+    model = cli.model.float().cpu().eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded["image"], model.backbone.model.encode_image(reloaded["images"]), atol=1e-5)
+        assert torch.allclose(reloaded["text"], model.backbone.model.encode_text(reloaded["texts"]), atol=1e-5)
+    assert torch.equal(reloaded["exported_image"], reloaded["image"])

@@ -55,6 +55,12 @@ def _model_from_cfg(model_cfg: dict[str, Any], pretrained: str | None) -> nn.Mod
     return model
 
 
+def image_size(model: open_clip.CLIP) -> tuple[int, int]:
+    """An open_clip model's input ``(height, width)`` (its config may give one int)."""
+    size = model.visual.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 class OpenCLIPBackbone(nn.Module):
     """An open_clip CLIP model plus its tokenizer and image transforms.
 
@@ -145,6 +151,11 @@ class OpenCLIPBackbone(nn.Module):
         if sot is not None:
             mask &= tokens != sot
         return mask
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The image tower's input ``(height, width)``."""
+        return image_size(self.model)
 
     # -------------------------------------------------------------------------------- encoders
     @property
@@ -249,9 +260,7 @@ class OpenCLIPBackbone(nn.Module):
         """Max absolute difference between this model's embeddings and those of its export loaded by
         plain open_clip (``local-dir:``), on a fixed probe batch of random images and captions, in fp32."""
         merged = open_clip.create_model(f"local-dir:{export_dir}").eval()
-        size = merged.visual.image_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        images = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(0))
+        images = torch.randn(4, 3, *image_size(merged), generator=torch.Generator().manual_seed(0))
         tokens = self.tokenizer(PROBE_CAPTIONS)
         device, was_training = self.model.logit_scale.device, self.model.training
         self.model.eval()
