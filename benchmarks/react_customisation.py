@@ -14,6 +14,7 @@
 
     python benchmarks/react_customisation.py [--mode t2t] [--k 20] [--templates attributes] [--react-epochs 5]
                                              [--react-lr 5e-4] [--keep runs/react_demo]
+                                             [-- extra train.py overrides for both fits]
 """
 
 from __future__ import annotations
@@ -109,11 +110,12 @@ def main() -> None:
     parser.add_argument("--tuning", default="gated_image", choices=["gated_image", "locked_text", "locked_image", "full"])
     parser.add_argument("--pretrained", default=None, help="an exported pre-trained CLIP folder (skips step 1)")
     parser.add_argument("--keep", default=None, help="keep every artefact in this folder")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()
     clip_config, react_config = str(ROOT / "configs" / "clip.yaml"), str(ROOT / "configs" / "react.yaml")
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)
         common = ["--seed_everything", "0", "--data.init_args.benchmark_dir", str(root / "benchmark")]
+        common += [o for o in overrides if o != "--"]  # train.py overrides for both fits
         shapesworld = ShapesWorldConfig(**yaml.safe_load(open(clip_config))["data"]["init_args"]["shapesworld"])
         export, pretrain_minutes = Path(args.pretrained or root / "pretrained"), 0.0
         if args.pretrained is None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datamodules.hard_negatives import NegativeCaptions
 from datamodules.neighbours import WithNeighbours, read_neighbour_table
-from datamodules.samples import CaptionCollator, EpochIndexSampler, SampleRecipe, Samples, StreamResume, StreamSamples
+from datamodules.samples import CaptionCollator, EpochIndexSampler, SampleRecipe, Samples, StreamPosition, StreamSamples
 from datamodules.shapesworld import (
     ShapesWorld,
     write_classification_benchmark,
@@ -28,7 +28,7 @@ from datamodules.sources import ManifestDataset, WebDatasetSource
 Split = Literal["train", "val", "test"]
 
 
-@dataclass
+@dataclasses.dataclass
 class ShapesWorldConfig:
     """Sizes and rendering of the built-in synthetic source."""
 
@@ -78,8 +78,8 @@ class ImageCaptionDataModule(LightningDataModule):
         warm_text_engine: parse every training caption with spaCy (batched) before the workers start,
             so rule-based negatives run from the cache from the first step (map-style sources).
         seeded_augmentation: random crops (and RandAugment) as a function of (seed, epoch, index):
-            the same whatever the number of workers, and exact when a run resumes mid-epoch.
-            Off by default only to keep the figures measured before it reproducible.
+            the same whatever the number of workers, and exact when a run resumes mid-epoch
+            (``false``: from each worker's global RNGs, as the README's tables were measured).
     """
 
     def __init__(
@@ -100,7 +100,7 @@ class ImageCaptionDataModule(LightningDataModule):
         neighbours: str | None = None,
         seed: int = 0,
         warm_text_engine: bool = True,
-        seeded_augmentation: bool = False,
+        seeded_augmentation: bool = True,
     ) -> None:
         super().__init__()
         if source != "shapesworld" and train is None and val is None and test is None:
@@ -123,7 +123,7 @@ class ImageCaptionDataModule(LightningDataModule):
         self.seeded_augmentation = seeded_augmentation
         self._negatives: NegativeCaptions | None = None
         self._resume: dict[str, Any] | None = None  # the state of a mid-epoch checkpoint
-        self._stream: tuple[int, dict[int, int], int] = (-1, {}, -1)  # (epoch, samples read per share, last share)
+        self._stream = StreamPosition(epoch=-1, positions=[], last_share=-1)  # this rank's training stream
         self.tokenizer: Callable | None = None
         self.transforms: dict[str, Callable] = {}
 
@@ -178,7 +178,7 @@ class ImageCaptionDataModule(LightningDataModule):
             negatives=self.negative_captions() if tokenize else None,
             hard_images=self.hard_images and train,
             seed=self.seed,
-            seeded_augmentation=self.seeded_augmentation,
+            seeded_augmentation=self.seeded_augmentation and train,
         )
         streaming = isinstance(records, IterableDataset)
         smoke_test = self.trainer is not None and self.trainer.fast_dev_run
@@ -195,6 +195,8 @@ class ImageCaptionDataModule(LightningDataModule):
                 sampler.resume = (resume["epoch"], resume["batches"] * self.batch_size)
             else:
                 dataset.resume = self._stream_resume(resume)
+                if dataset.resume is not None:  # shares not read again before the next checkpoint keep their place
+                    self._stream = dataclasses.replace(dataset.resume, positions=list(dataset.resume.positions))
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -210,11 +212,17 @@ class ImageCaptionDataModule(LightningDataModule):
         """Record how far each worker's stream has got in the training epoch (webdataset)."""
         position = batch.pop("stream_position", None) if isinstance(batch, dict) else None
         if position is not None and self.trainer is not None and self.trainer.training:
-            epoch = self.trainer.current_epoch
-            read = self._stream[1] if self._stream[0] == epoch else {}
-            read[position[0]] = position[1]
-            self._stream = (epoch, read, position[0])
+            share, read = position
+            self._stream = self._stream_position()
+            self._stream.positions[share], self._stream.last_share = read, share
         return batch
+
+    def _stream_position(self) -> StreamPosition:
+        """This rank's place in the current training epoch's stream (a fresh one at a new epoch)."""
+        epoch = self.trainer.current_epoch
+        if self._stream.epoch == epoch:
+            return self._stream
+        return StreamPosition(epoch=epoch, positions=[0] * max(self.num_workers, 1), last_share=-1)
 
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in its epoch (saved in checkpoints): a resumed run skips the batches
@@ -226,12 +234,9 @@ class ImageCaptionDataModule(LightningDataModule):
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
         state = {"epoch": self.trainer.current_epoch, "batches": progress.processed}
         if self.source == "webdataset":
-            epoch, read, last = self._stream
-            if epoch != self.trainer.current_epoch:
-                read, last = {}, -1
-            shares = max(self.num_workers, 1)
-            local = torch.tensor([read.get(share, 0) for share in range(shares)] + [last], device=self.trainer.strategy.root_device)
-            gathered = self.trainer.strategy.all_gather(local).view(-1, shares + 1).tolist()  # every rank saves
+            stream = self._stream_position()
+            local = torch.tensor([*stream.positions, stream.last_share], device=self.trainer.strategy.root_device)
+            gathered = self.trainer.strategy.all_gather(local).view(-1, len(local)).tolist()  # every rank saves
             state["stream"] = [{"positions": row[:-1], "last_share": row[-1]} for row in gathered]
         return state
 
@@ -241,7 +246,7 @@ class ImageCaptionDataModule(LightningDataModule):
             # Lightning looks for resumable DataLoaders only; here the data module resumes the epoch
             warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
-    def _stream_resume(self, state: dict[str, Any]) -> StreamResume | None:
+    def _stream_resume(self, state: dict[str, Any]) -> StreamPosition | None:
         """This rank's place in a streaming epoch, if the checkpoint was saved with the same ranks and workers."""
         streams, shares = state.get("stream"), max(self.num_workers, 1)
         if not streams or len(streams) != self.trainer.world_size or len(streams[0]["positions"]) != shares:
@@ -253,7 +258,7 @@ class ImageCaptionDataModule(LightningDataModule):
             )
             return None
         stream = streams[self.trainer.global_rank]
-        return StreamResume(state["epoch"], stream["positions"], stream["last_share"])
+        return StreamPosition(state["epoch"], stream["positions"], stream["last_share"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True, tokenize=True)

@@ -38,7 +38,7 @@ class SampleRecipe:
     negatives: NegativeCaptions | None = None
     hard_images: bool = False
     seed: int = 0
-    seeded_augmentation: bool = False
+    seeded_augmentation: bool = True
 
     def augment(self, image: Any, index: int, epoch: int) -> Any:
         """The transformed image (with ``seeded_augmentation``, as a function of (seed, epoch, index))."""
@@ -98,8 +98,8 @@ class Samples(Dataset):
 
 
 @dataclass
-class StreamResume:
-    """Where a streaming epoch stopped: samples read per worker share and the share that gave the last batch."""
+class StreamPosition:
+    """Where a streaming epoch stands: samples read per worker share and the share that gave the last batch."""
 
     epoch: int
     positions: list[int]
@@ -112,13 +112,13 @@ class StreamSamples(IterableDataset):
     sets it from the trainer on resume). Each sample carries ``stream_position`` = (worker share, samples
     of that share read), which the data module records from the batches it trains on.
 
-    ``resume = StreamResume(...)`` continues a pass where a mid-epoch checkpoint left it, once.
+    ``resume = StreamPosition(...)`` continues a pass where a mid-epoch checkpoint left it, once.
     """
 
     def __init__(self, records: IterableDataset, recipe: SampleRecipe) -> None:
         self.records, self.recipe = records, recipe
         self.epoch = -1
-        self.resume: StreamResume | None = None
+        self.resume: StreamPosition | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any] | None]:
         self.epoch += 1

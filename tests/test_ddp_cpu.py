@@ -25,7 +25,7 @@ def _fit(tmp_path, name, shards, *extra):
     command += ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / name)]
     command += ["--data.init_args.source", "webdataset", "--data.init_args.train", shards]
     command += ["--data.init_args.batch_size", "8", "--data.init_args.shuffle_buffer", "16"]
-    command += ["--data.init_args.seeded_augmentation", "true", "--model.init_args.lr_schedule", "constant", *extra]
+    command += ["--model.init_args.lr_schedule", "constant", *extra]
     subprocess.run(command, cwd=tmp_path, check=True, timeout=600)
     (metrics,) = (tmp_path / name).glob("lightning_logs/*/metrics.csv")
     with metrics.open() as f:

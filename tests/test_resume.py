@@ -29,7 +29,7 @@ class Record(Callback):
 def _run(tmp_path, name, record, *extra, data=()):
     args = ["--config", str(ROOT / "configs" / "negclip.yaml"), "--trainer.max_epochs", "1", *data]
     args += ["--data.init_args.shapesworld.n_train", "64", "--data.init_args.batch_size", "8"]
-    args += ["--data.init_args.num_workers", "2", "--data.init_args.seeded_augmentation", "true"]
+    args += ["--data.init_args.num_workers", "2"]
     args += ["--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]"]
     args += ["--model.init_args.lr_schedule", "constant", "--trainer.enable_progress_bar", "false"]
     args += ["--trainer.default_root_dir", str(tmp_path / name)]
@@ -54,8 +54,12 @@ def test_mid_epoch_resume_continues_the_same_batches(source, tmp_path, monkeypat
     interrupted = Record(stop_at=3, path=tmp_path / "mid.ckpt")
     _run(tmp_path, "first", interrupted, data=data)
     assert interrupted.losses == straight.losses[:3]
+    # interrupted again one batch later: a worker that gave no batch since the resume keeps its place
+    again = Record(stop_at=4, path=tmp_path / "mid2.ckpt")
+    _run(tmp_path, "second", again, str(tmp_path / "mid.ckpt"), data=data)
+    assert again.losses == pytest.approx(straight.losses[3:4], rel=1e-6)
     resumed = Record()
-    rest = _run(tmp_path, "resumed", resumed, str(tmp_path / "mid.ckpt"), data=data)
-    assert resumed.losses == pytest.approx(straight.losses[3:], rel=1e-6)
+    rest = _run(tmp_path, "resumed", resumed, str(tmp_path / "mid2.ckpt"), data=data)
+    assert resumed.losses == pytest.approx(straight.losses[4:], rel=1e-6)
     for name, param in whole.model.named_parameters():
         assert torch.allclose(param, rest.model.get_parameter(name), atol=1e-6), name

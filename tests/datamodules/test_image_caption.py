@@ -9,7 +9,7 @@ import webdataset as wds
 from PIL import Image
 
 from datamodules import CorruptSampleError, ImageCaptionDataModule, ManifestDataset, ShapesWorldConfig, WebDatasetSource
-from datamodules.samples import StreamResume
+from datamodules.samples import StreamPosition
 from datamodules.shapesworld import generate_sample, write_shards
 
 
@@ -226,7 +226,7 @@ def test_webdataset_epoch_continues_where_a_mid_epoch_checkpoint_left_it(tmp_pat
         for _, (share, position) in whole[:stop]:
             positions[share] = position
         loader = dm.train_dataloader()
-        loader.dataset.resume = StreamResume(epoch=0, positions=positions, last_share=whole[stop - 1][1][0])
+        loader.dataset.resume = StreamPosition(epoch=0, positions=positions, last_share=whole[stop - 1][1][0])
         assert [batch for batch, _ in _stream_batches(loader)] == [batch for batch, _ in whole[stop:]], stop
 
 
@@ -247,7 +247,7 @@ def test_webdataset_resume_with_other_workers_warns_and_restarts_the_epoch(tmp_p
     dm = _connect(ImageCaptionDataModule(source="webdataset", train=str(tmp_path / "shapesworld-train-{000000..000001}.tar"), batch_size=2, num_workers=2))
     dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
     saved = {"epoch": 0, "batches": 2, "stream": [{"positions": [2, 2], "last_share": 1}]}
-    assert dm._stream_resume(saved) == StreamResume(epoch=0, positions=[2, 2], last_share=1)
+    assert dm._stream_resume(saved) == StreamPosition(epoch=0, positions=[2, 2], last_share=1)
     dm.num_workers = 4
     with pytest.warns(UserWarning, match=r"1 ranks x 2 workers.*\(1 x 4 now\): the epoch restarts"):
         assert dm._stream_resume(saved) is None
