@@ -33,6 +33,26 @@ def tiny_clip(tiny_cfg):
     return zoo.CLIP(model_name="vlzoo-test-tiny", model_cfg=tiny_cfg)
 
 
+def negative_caption_batch(model, captions: list[str], negatives: list[list[str | None]], image_ids=None) -> dict:
+    """A training batch of random 32 px images with captions and hard negatives (``None``: no negative in
+    that slot), collated by the data module's own :class:`~datamodules.samples.CaptionCollator`."""
+    from datamodules.samples import CaptionCollator
+
+    generator = torch.Generator().manual_seed(1)
+    samples = [
+        {
+            "key": str(i),
+            "image": torch.randn(3, 32, 32, generator=generator),
+            "captions": [caption],
+            "caption": caption,
+            "negatives": row,
+            "image_id": i if image_ids is None else image_ids[i],
+        }
+        for i, (caption, row) in enumerate(zip(captions, negatives, strict=True))
+    ]
+    return CaptionCollator(model.backbone.tokenize)(samples)
+
+
 def free_port() -> int:
     """A free TCP port on localhost for a 2-process gloo test."""
     import socket

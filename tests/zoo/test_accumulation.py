@@ -5,6 +5,7 @@ import torch
 
 import train
 import zoo
+from tests.conftest import negative_caption_batch
 
 CAPTIONS = ["a red circle", "a blue square", "a red circle", "two green stars", "a cross", "a yellow hexagon"]
 NEGATIVES = [["a blue circle", "circle red a"], ["a red square", None], [None, None],
@@ -12,16 +13,7 @@ NEGATIVES = [["a blue circle", "circle red a"], ["a red square", None], [None, N
 
 
 def _batch(model):
-    torch.manual_seed(3)
-    mask = torch.tensor([[n is not None for n in row] for row in NEGATIVES])
-    negatives = model.backbone.tokenize([n or "" for row in NEGATIVES for n in row]).view(6, 2, -1)
-    return {
-        "image": torch.randn(6, 3, 32, 32),
-        "text": model.backbone.tokenize(CAPTIONS),
-        "negatives": negatives,
-        "negative_mask": mask,
-        "image_id": torch.tensor([0, 1, 0, 3, 4, 5]),  # image 0 in two micro-batches
-    }
+    return negative_caption_batch(model, CAPTIONS, NEGATIVES, image_ids=[0, 1, 0, 3, 4, 5])  # image 0 twice
 
 
 def _split(batch, k):

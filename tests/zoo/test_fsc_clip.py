@@ -2,21 +2,14 @@ import pytest
 import torch
 
 import zoo
+from tests.conftest import negative_caption_batch
 from zoo.losses import contrastive_loss
 
 
 def _batch(model):
     captions = ["a red circle left of a blue square", "a green star", "two yellow crosses"]
     negatives = [["a blue circle left of a red square", "red a circle"], [None, None], ["crosses two yellow", None]]
-    mask = torch.tensor([[n is not None for n in row] for row in negatives])
-    tokens = model.backbone.tokenize([n or "" for row in negatives for n in row]).view(3, 2, -1)
-    torch.manual_seed(1)
-    return {
-        "image": torch.randn(3, 3, 32, 32),
-        "text": model.backbone.tokenize(captions),
-        "negatives": tokens,
-        "negative_mask": mask,
-    }
+    return negative_caption_batch(model, captions, negatives)
 
 
 def test_zero_weights_give_exactly_the_clip_loss(tiny_cfg):

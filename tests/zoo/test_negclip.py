@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import zoo
+from tests.conftest import negative_caption_batch
 from zoo.losses import negclip_loss
 
 
@@ -14,15 +15,7 @@ def negclip(tiny_cfg):
 def _batch(model):
     captions = ["a red circle left of a blue square", "a green star", "two yellow crosses"]
     negatives = [["a blue circle left of a red square", None], [None, None], ["two crosses yellow", "a cross"]]
-    mask = torch.tensor([[n is not None for n in row] for row in negatives])
-    tokens = model.backbone.tokenize([n or "" for row in negatives for n in row]).view(3, 2, -1)
-    return {
-        "image": torch.randn(3, 3, 32, 32),
-        "text": model.backbone.tokenize(captions),
-        "negatives": tokens,
-        "negative_mask": mask,
-        "image_id": torch.tensor([0, 1, 2]),
-    }
+    return negative_caption_batch(model, captions, negatives)
 
 
 def test_loss_is_negclip_over_encoded_valid_negatives(negclip):
