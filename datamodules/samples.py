@@ -7,7 +7,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from datamodules.hard_negatives import NegativeCaptions, sample_rng
+
+if TYPE_CHECKING:
+    from datamodules.sources import WebDatasetSource
 
 
 @dataclass
@@ -115,12 +118,12 @@ class StreamSamples(IterableDataset):
     ``resume = StreamPosition(...)`` continues a pass where a mid-epoch checkpoint left it, once.
     """
 
-    def __init__(self, records: IterableDataset, recipe: SampleRecipe) -> None:
+    def __init__(self, records: WebDatasetSource, recipe: SampleRecipe) -> None:
         self.records, self.recipe = records, recipe
         self.epoch = -1
         self.resume: StreamPosition | None = None
 
-    def __iter__(self) -> Iterator[dict[str, Any] | None]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         self.epoch += 1
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import logging
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
+
+from datamodules.hard_negatives import sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +237,11 @@ class WebDatasetSource(IterableDataset):
                 "multiple of the number of ranks of equal-size shards"
             )
         if self.shuffle:
-            random.Random(f"vlzoo/{self.seed}/{epoch}/shards").shuffle(urls)
+            sample_rng(self.seed, epoch, "shards", "shuffle").shuffle(urls)
         urls = urls[rank::world_size][role::num_workers]
         samples = wds.tarfile_to_samples()(iter([{"url": url} for url in urls]))
         if self.shuffle:
-            rng = random.Random(f"vlzoo/{self.seed}/{epoch}/{rank}/{role}/samples")
+            rng = sample_rng(self.seed, epoch, f"rank{rank}/share{role}", "shuffle")
             samples = wds.shuffle(self.shuffle, rng=rng)(samples)
         for position, sample in enumerate(samples, start=1):
             if position <= skip:
