@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import train
-from zoo.strategies import CLIPFSDPStrategy
+from zoo.strategies import ZooFSDPStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -31,11 +32,21 @@ def test_strategy_stacks_on_method(method, strategy, capsys):
     assert str(config["trainer"]["devices"]) == "8" and config["model"]["class_path"].startswith("zoo.")
 
 
-def test_fsdp_preset_wraps_and_checkpoints_transformer_blocks():
+def test_fsdp_wraps_the_blocks_the_method_names_or_the_ones_given(tiny_clip, monkeypatch):
+    from lightning.pytorch.strategies import FSDPStrategy
     from open_clip.transformer import ResidualAttentionBlock
 
-    strategy = CLIPFSDPStrategy(activation_checkpointing=True)
+    monkeypatch.setattr(FSDPStrategy, "_setup_model", lambda self, model: model)  # no process group here
+    strategy = ZooFSDPStrategy(activation_checkpointing=True)
     assert strategy.kwargs["use_orig_params"] is True
-    assert ResidualAttentionBlock in strategy.kwargs["auto_wrap_policy"]._module_classes
-    assert ResidualAttentionBlock in strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes
-    assert not CLIPFSDPStrategy()._activation_checkpointing_kwargs
+    strategy._setup_model(tiny_clip)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {ResidualAttentionBlock}
+    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {ResidualAttentionBlock}
+    plain = ZooFSDPStrategy()
+    plain._setup_model(tiny_clip)
+    assert not plain._activation_checkpointing_kwargs
+    given = ZooFSDPStrategy(wrap_classes=["torch.nn.MultiheadAttention"])
+    given._setup_model(tiny_clip)
+    assert given.kwargs["auto_wrap_policy"]._module_classes == {torch.nn.MultiheadAttention}
+    with pytest.raises(ValueError, match="torch.nn.NoSuchBlock"):
+        ZooFSDPStrategy(wrap_classes=["torch.nn.NoSuchBlock"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,16 +10,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from zoo.backbones import OpenCLIPBackbone
+from torch import nn
+
 from zoo.base import ZooModule
+from zoo.checkpoints import file_or_name
 from zoo.losses import contrastive_loss
-
-
-def _checksum(tensors: dict[str, torch.Tensor]) -> float:
-    """A position-weighted sum of every value, enough to tell two sets of weights apart."""
-    total = 0.0
-    for i, name in enumerate(sorted(tensors)):
-        total += (i + 1) * float(tensors[name].detach().double().abs().sum())
-    return total
 
 
 class CLIP(ZooModule):
@@ -98,15 +92,16 @@ class CLIP(ZooModule):
     def features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
         return {"image": self.backbone.encode_image(batch["image"]), "text": self.backbone.encode_text(batch["text"])}
 
-    def temperature(self, detach: bool = False) -> torch.Tensor:
-        """The logit scale ``s`` the losses use (detached: no gradient for it)."""
+    def logit_scale(self, detach: bool = False) -> torch.Tensor:
+        """The logit scale ``s = exp(t)``, the inverse temperature the losses multiply cosines by
+        (detached: no gradient for it)."""
         scale = self.backbone.logit_scale
         return scale.detach() if detach else scale
 
     def loss_terms(
         self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
     ) -> dict[str, torch.Tensor]:
-        return contrastive_loss(features["image"], features["text"], self.temperature(detach_parameters))
+        return contrastive_loss(features["image"], features["text"], self.logit_scale(detach_parameters))
 
     def on_fit_start(self) -> None:
         rank_zero_info(f"Trainable parameters of {type(self).__name__}:\n{self.backbone.parameter_table()}")
@@ -115,34 +110,14 @@ class CLIP(ZooModule):
         self.backbone.clamp_logit_scale_()
         self.log("train/logit_scale", self.backbone.logit_scale.item())
 
-    def _frozen_parameters(self) -> dict[str, torch.Tensor]:
-        return {name: param for name, param in self.named_parameters() if not param.requires_grad}
+    # ---------------------------------------------------------------------------- base hooks
+    def frozen_base_reference(self) -> dict[str, Any]:
+        """The open_clip ``pretrained`` tag or file (absolute) the frozen weights come from."""
+        return {"pretrained": file_or_name(self.hparams.pretrained)}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A run that trains part of a pre-trained model (LoRA, locked towers, REACT's gated blocks)
-        saves only what it trains plus a reference to its frozen base (the ``pretrained`` tag or file)
-        and a checksum of it; any other run saves every weight and drops the reference."""
-        super().on_save_checkpoint(checkpoint)
-        hparams = checkpoint["hyper_parameters"]
-        frozen = self._frozen_parameters()
-        if hparams.get("pretrained") is None or not frozen:
-            hparams["pretrained"] = None  # the weights are all here: loading must not fetch the tag again
-            return
-        if Path(hparams["pretrained"]).is_file():
-            hparams["pretrained"] = str(Path(hparams["pretrained"]).resolve())
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-        checkpoint["frozen_base"] = {"pretrained": hparams["pretrained"], "checksum": _checksum(frozen)}
+    def no_weight_decay(self) -> set[str]:
+        """open_clip's rule, answered by the backbone (names below ``backbone.``)."""
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Complete a trainable-only checkpoint with the frozen base this model was just built from."""
-        super().on_load_checkpoint(checkpoint)
-        base = checkpoint.get("frozen_base")
-        if base is None:
-            return
-        frozen = self._frozen_parameters()
-        if not math.isclose(_checksum(frozen), base["checksum"], rel_tol=1e-9):
-            raise RuntimeError(
-                f"the frozen base rebuilt from {base['pretrained']!r} is not the one this checkpoint was trained "
-                "on (its weights changed): load the checkpoint with the original base"
-            )
-        checkpoint["state_dict"] = {**{k: v.detach() for k, v in frozen.items()}, **checkpoint["state_dict"]}
+    def fsdp_wrap_classes(self) -> set[type[nn.Module]]:
+        return self.backbone.block_classes()

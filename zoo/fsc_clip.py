@@ -68,7 +68,7 @@ class FSCCLIP(CLIP):
         self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
     ) -> dict[str, torch.Tensor]:
         hp = self.hparams
-        images, texts, scale = features["image"], features["text"], self.temperature(detach_parameters)
+        images, texts, scale = features["image"], features["text"], self.logit_scale(detach_parameters)
         terms = contrastive_loss(images, texts, scale)
         hn = fsc_hard_negative_losses(
             images,

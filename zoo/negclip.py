@@ -52,6 +52,6 @@ class NegCLIP(CLIP):
             features["text"],
             features["negatives"],
             features["negative_mask"],
-            self.temperature(detach_parameters),
+            self.logit_scale(detach_parameters),
             features["image_id"],
         )

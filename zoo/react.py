@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from zoo.checkpoints import file_or_name
 from zoo.clip import CLIP
 from zoo.losses import unicl_loss
 
@@ -126,13 +127,12 @@ class REACT(CLIP):
             self.backbone.load_open_clip_state_dict(react_state_dict(react_checkpoint))
         self.backbone.model.logit_scale.requires_grad_(True)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if "frozen_base" not in checkpoint:  # every weight is in this checkpoint
-            checkpoint["hyper_parameters"]["react_checkpoint"] = None
+    def frozen_base_reference(self) -> dict[str, Any]:
+        """The pre-trained weights plus the released REACT checkpoint loaded over them."""
+        return {**super().frozen_base_reference(), "react_checkpoint": file_or_name(self.hparams.react_checkpoint)}
 
     def loss_terms(
         self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False
     ) -> dict[str, torch.Tensor]:
-        scale = self.temperature(detach_parameters)
+        scale = self.logit_scale(detach_parameters)
         return unicl_loss(features["image"], features["text"], scale, self.hparams.unicl_threshold)

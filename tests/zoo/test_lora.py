@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.backbones.lora import add_lora
+from zoo.backbones.openclip import lora_targets
 
 
 def _model(tiny_cfg, **kwargs):
@@ -39,7 +39,7 @@ def test_adapters_are_placed_by_tower_path(tiny_cfg):
     # attention (q/k/v in_proj + out_proj) and both MLP layers of each of the 2 blocks: 4 A/B pairs each
     assert len(image_only) == len(text_only) == 2 * 4 * 2
     with pytest.raises(ValueError, match="subset"):
-        add_lora(_model(tiny_cfg).backbone.model, 4, 1.0, ["vision"])
+        lora_targets(_model(tiny_cfg).backbone.model, ["vision"])
 
 
 def test_parameter_table_counts_adapters_per_tower(tiny_cfg):

@@ -46,7 +46,7 @@ def test_checkpoint_holds_only_trained_tensors_and_reloads_in_a_fresh_process(
     kept = set(checkpoint["state_dict"])
     assert kept == {f"{n}" for n, p in model.named_parameters() if p.requires_grad}
     assert all(trained in k or k.endswith("logit_scale") for k in kept)
-    assert checkpoint["frozen_base"]["pretrained"] == str(base_weights.resolve())
+    assert checkpoint["frozen_base"]["reference"]["pretrained"] == str(base_weights.resolve())
     full = sum(v.numel() for v in model.state_dict().values())
     assert sum(v.numel() for v in checkpoint["state_dict"].values()) < full / 5
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -1,17 +1,25 @@
-"""LoRA (Hu et al., 2022) on an open_clip model: W ← W + (α/r)·B·A on chosen weight matrices.
+"""LoRA (Hu et al., 2022): W ← W + (α/r)·B·A on chosen weight matrices; which weights is the backbone's answer.
 
-Adapters go on the attention (``in_proj_weight``, i.e. q/k/v, and ``out_proj.weight``) and the MLP
-(``c_fc.weight``, ``c_proj.weight``) of every residual block, placed by *tower root*: the image tower
-is ``model.visual``, the text tower ``model.transformer`` (``model.text`` in a ``CustomTextCLIP``), and
-adapters are only ever searched for below the requested roots, so a text-tower adapter can never land
-in the image tower (a bare suffix such as ``resblocks.0.attn`` matches both).
+Two paths, one per kind of backbone:
 
-Each adapter is a ``torch.nn.utils.parametrize`` parametrization of the weight, so it acts wherever
-the weight is read. That matters for ``nn.MultiheadAttention``, which reads ``in_proj_weight`` and
-``out_proj.weight`` directly instead of calling a Linear's ``forward``. peft (0.21) handles that
-module by merging the adapters into the frozen weights before each forward and subtracting them
-after, which changes the frozen weights by rounding at every step, and its ``target_parameters`` path
-never reaches ``out_proj`` (its adapter gets no gradient). We measured both and built on parametrize.
+* **open_clip towers (the CLIP family): this module's parametrization.** Each adapter is a
+  ``torch.nn.utils.parametrize`` parametrization of a weight, so it acts wherever the weight is read.
+  That matters for ``nn.MultiheadAttention``, which reads ``in_proj_weight`` and ``out_proj.weight``
+  directly instead of calling a Linear's ``forward``. peft (0.21) handles that module by merging the
+  adapters into the frozen weights before each forward and subtracting them after, which changes the
+  frozen weights by rounding at every step, and its ``target_parameters`` path never reaches ``out_proj``
+  (its adapter gets no gradient). We measured both and built on parametrize. The backbone names the
+  targets: :meth:`zoo.backbones.OpenCLIPBackbone.lora_targets` gives (module, weight name) pairs of the
+  attention (q/k/v ``in_proj_weight``, ``out_proj.weight``) and MLP (``c_fc``, ``c_proj``) of every block,
+  searched only below the requested tower roots (``model.visual``; ``model.transformer`` or ``model.text``),
+  so a text-tower adapter never lands in the image tower (a bare suffix such as ``resblocks.0.attn``
+  matches both).
+* **Hugging Face LVLMs (LLaVA, VladVA): peft's ``LoraConfig`` on ``nn.Linear`` layers.** Their
+  attention and MLP are plain ``nn.Linear`` modules called through ``forward``, which is exactly the case
+  peft is built and tested for, and a peft adapter saves and loads with ``save_pretrained`` in the format
+  transformers and the LLaVA tools read. There the backbone adapter answers with ``target_modules``
+  (e.g. the language model's ``q_proj``/``k_proj``/``v_proj``/``o_proj``/MLP projections, never the
+  vision tower's) instead of (module, weight) pairs.
 
 A is Kaiming-uniform and B zero, peft's default, so the model is exactly unchanged at step 0. The
 price: ∂L/∂A = (α/r)·Bᵀ·∂L/∂W' is exactly zero at step 0, so the A matrices start moving at the second
@@ -23,13 +31,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-
-ADAPTED_WEIGHTS = (("attn", "in_proj_weight"), ("attn.out_proj", "weight"), ("mlp.c_fc", "weight"), ("mlp.c_proj", "weight"))
 
 
 class LoRA(nn.Module):
@@ -49,36 +55,18 @@ class LoRA(nn.Module):
         return weight + self.delta().to(weight.dtype)
 
 
-def tower_roots(model: nn.Module) -> dict[str, nn.Module]:
-    """The image and text tower modules of an open_clip CLIP / CustomTextCLIP."""
-    return {"image": model.visual, "text": model.text if hasattr(model, "text") else model.transformer}
-
-
-def _targets(root: nn.Module) -> Iterator[tuple[nn.Module, str]]:
-    """(module, weight name) of every adapted weight below a tower root."""
-    blocks = getattr(getattr(root, "transformer", root), "resblocks", None)
-    if blocks is None:
-        raise ValueError(f"LoRA needs transformer towers with resblocks; got {type(root).__name__}")
-    for block in blocks:
-        for module_path, weight in ADAPTED_WEIGHTS:
-            yield block.get_submodule(module_path), weight
-
-
-def add_lora(
-    model: nn.Module, rank: int, alpha: float, towers: tuple[str, ...] | list[str] = ("image", "text")
-) -> nn.Module:
-    """Add LoRA adapters to the attention and MLP weights of the given towers, in place, and freeze
-    everything else (the logit scale included)."""
-    roots = tower_roots(model)
+def add_lora(model: nn.Module, targets: Iterable[tuple[nn.Module, str]], rank: int, alpha: float) -> nn.Module:
+    """Freeze ``model`` and parametrize each (module, weight name) of ``targets`` (the backbone's
+    answer) with a LoRA adapter of rank ``rank`` and scaling ``alpha / rank``, in place."""
     if rank <= 0:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
-    if not towers or set(towers) - set(roots):
-        raise ValueError(f"LoRA towers must be a non-empty subset of {sorted(roots)}, got {list(towers)}")
+    targets = list(targets)
+    if not targets:
+        raise ValueError("LoRA needs at least one target weight")
     model.requires_grad_(False)
-    for tower in sorted(set(towers)):
-        for module, weight in _targets(roots[tower]):
-            out_features, in_features = getattr(module, weight).shape
-            parametrize.register_parametrization(module, weight, LoRA(out_features, in_features, rank, alpha))
+    for module, weight in targets:
+        out_features, in_features = getattr(module, weight).shape
+        parametrize.register_parametrization(module, weight, LoRA(out_features, in_features, rank, alpha))
     return model
 
 
@@ -105,22 +93,14 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def tower_of(name: str) -> str:
-    """``image`` / ``text`` / ``temperature`` for an open_clip parameter name."""
-    if name.startswith("visual."):
-        return "image"
-    if name.split(".")[0] in ("logit_scale", "logit_bias"):
-        return "temperature"
-    return "text"
-
-
 def _kind(module: nn.Module) -> str:
     """A module's type for the parameter table (``Linear`` for every Linear subclass, parametrized or not)."""
     return "Linear" if isinstance(module, nn.Linear) else type(module).__name__.removeprefix("Parametrized")
 
 
-def parameter_table(model: nn.Module) -> str:
-    """Trainable / total parameters per tower and module type (LoRA adapters counted apart)."""
+def parameter_table(model: nn.Module, tower_of: Callable[[str], str]) -> str:
+    """Trainable / total parameters per tower (``tower_of(parameter name)``, the backbone's answer) and
+    module type (LoRA adapters counted apart)."""
     owners = {}
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):

@@ -18,14 +18,20 @@ from typing import Any
 
 import open_clip
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from open_clip.model import get_model_preprocess_cfg, set_model_preprocess_cfg
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
-from lightning.pytorch.utilities import rank_zero_info
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from zoo.backbones.lora import add_lora, has_lora, merged_state_dict, parameter_table, tower_roots
+from zoo.backbones.lora import add_lora, has_lora, merged_state_dict, parameter_table
 
 MAX_LOGIT_SCALE = 100.0
+# open_clip's no-weight-decay rule (its training script: <2-d, "bn", "ln", "bias", "logit_scale") plus
+# norms and embeddings (positional, class, token embeddings) and SigLIP's logit bias
+NO_DECAY_MARKERS = ("bias", "ln", "norm", "bn", "embedding", "logit_scale", "logit_bias")
+# LoRA targets of every open_clip residual block: (submodule, weight) — attention q/k/v and output, MLP
+LORA_WEIGHTS = (("attn", "in_proj_weight"), ("attn.out_proj", "weight"), ("mlp.c_fc", "weight"), ("mlp.c_proj", "weight"))
 PROBE_CAPTIONS = ["a red circle left of a blue square", "two green triangles", "a photo of a dog on a sofa"]
 
 
@@ -53,6 +59,35 @@ def _model_from_cfg(model_cfg: dict[str, Any], pretrained: str | None) -> nn.Mod
     preprocess = merge_preprocess_dict(PreprocessCfg(), {"size": model.visual.image_size})
     set_model_preprocess_cfg(model, preprocess)
     return model
+
+
+def tower_roots(model: nn.Module) -> dict[str, nn.Module]:
+    """The image and text tower modules of an open_clip CLIP / CustomTextCLIP."""
+    return {"image": model.visual, "text": model.text if hasattr(model, "text") else model.transformer}
+
+
+def tower_of(name: str) -> str:
+    """``image`` / ``text`` / ``temperature`` for an open_clip parameter name."""
+    if name.startswith("visual."):
+        return "image"
+    if name.split(".")[0] in ("logit_scale", "logit_bias"):
+        return "temperature"
+    return "text"
+
+
+def lora_targets(model: nn.Module, towers: tuple[str, ...] | list[str]) -> list[tuple[nn.Module, str]]:
+    """(module, weight name) of every LoRA-adapted weight of the given towers (see :mod:`zoo.backbones.lora`)."""
+    roots = tower_roots(model)
+    if not towers or set(towers) - set(roots):
+        raise ValueError(f"LoRA towers must be a non-empty subset of {sorted(roots)}, got {list(towers)}")
+    targets = []
+    for tower in sorted(set(towers)):
+        root = roots[tower]
+        blocks = getattr(getattr(root, "transformer", root), "resblocks", None)
+        if blocks is None:
+            raise ValueError(f"LoRA needs transformer towers with resblocks; got {type(root).__name__}")
+        targets += [(block.get_submodule(path), weight) for block in blocks for path, weight in LORA_WEIGHTS]
+    return targets
 
 
 def image_size(model: open_clip.CLIP) -> tuple[int, int]:
@@ -115,7 +150,7 @@ class OpenCLIPBackbone(nn.Module):
         if lock_text:
             self.model.lock_text_tower()
         if lora_rank:
-            add_lora(self.model, lora_rank, lora_alpha, tuple(lora_towers))
+            add_lora(self.model, lora_targets(self.model, tuple(lora_towers)), lora_rank, lora_alpha)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
 
@@ -124,6 +159,20 @@ class OpenCLIPBackbone(nn.Module):
         and exports are unchanged); ``options`` are ``torch.compile``'s (``mode``, ``backend``, ...)."""
         for tower in tower_roots(self.model).values():
             tower.compile(**options)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters (names below this backbone) exempt from weight decay: open_clip's rule plus
+        norms and embeddings (:data:`NO_DECAY_MARKERS`)."""
+        return {
+            name
+            for name, param in self.named_parameters()
+            if param.ndim < 2 or any(marker in name for marker in NO_DECAY_MARKERS)
+        }
+
+    @staticmethod
+    def block_classes() -> set[type[nn.Module]]:
+        """The residual block class of both towers: one FSDP unit each (REACT's gated blocks live inside)."""
+        return {ResidualAttentionBlock}
 
     # ----------------------------------------------------------------------------------- data
     def image_transform(self, train: bool) -> Callable:
@@ -208,7 +257,7 @@ class OpenCLIPBackbone(nn.Module):
     # ---------------------------------------------------------------------------------- export
     def parameter_table(self) -> str:
         """Trainable / total parameters per tower and module type."""
-        return parameter_table(self.model)
+        return parameter_table(self.model, tower_of)
 
     def open_clip_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict in open_clip's own layout (0-d ``logit_scale``; LoRA adapters merged in fp32)."""
