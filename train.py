@@ -4,6 +4,8 @@ python train.py fit --config configs/clip.yaml
 python train.py fit --config configs/clip.yaml --model.init_args.lr 1e-4 --trainer.max_epochs 3
 python train.py validate --config configs/clip.yaml --ckpt_path runs/clip/.../last.ckpt
 python train.py fit --config configs/clip.yaml --print_config
+
+Configs are read in OmegaConf mode: a value may interpolate another (``default_root_dir: runs/${model.init_args.lr}``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main(args: list[str] | None = None, run: bool = True) -> ZooCLI:
             "callbacks": [ModelCheckpoint(save_last=True)],
         },
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"},  # ${...} interpolation in configs (sweeps, shared values)
         args=args,
         run=run,
     )
