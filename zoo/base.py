@@ -17,7 +17,9 @@ from torch import nn
 
 from zoo.checkpoints import complete_trainable_only, trainable_only
 
-NO_DECAY_MODULES = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+NO_DECAY_MODULES = (
+    nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase
+)
 
 
 def no_decay_by_module_type(module: nn.Module) -> set[str]:
@@ -87,7 +89,8 @@ class ZooModule(LightningModule):
         contrastive_accumulation: int = 1,
     ) -> None:
         super().__init__()
-        if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1 or contrastive_accumulation < 1:
+        invalid_schedule = warmup_steps < 0 or not 0 <= min_lr_ratio <= 1 or contrastive_accumulation < 1
+        if lr <= 0 or weight_decay < 0 or invalid_schedule:
             raise ValueError(
                 f"invalid optimiser settings: lr={lr}, weight_decay={weight_decay}, "
                 f"warmup_steps={warmup_steps}, min_lr_ratio={min_lr_ratio}, "

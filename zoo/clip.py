@@ -8,10 +8,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-
-from zoo.backbones import OpenCLIPBackbone
 from torch import nn
 
+from zoo.backbones import OpenCLIPBackbone
 from zoo.base import ZooModule
 from zoo.checkpoints import file_or_name
 from zoo.losses import contrastive_loss

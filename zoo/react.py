@@ -18,7 +18,9 @@ from zoo.losses import unicl_loss
 Tuning = Literal["gated_image", "locked_text", "locked_image", "full"]
 GATED_BLOCK = "gated_attn_block"  # the child name the released REACT checkpoints use
 # (lock_image, lock_text) of each tuning row; gated_image then trains only its new blocks
-LOCKS = {"gated_image": (True, True), "locked_text": (False, True), "locked_image": (True, False), "full": (False, False)}
+LOCKS = {
+    "gated_image": (True, True), "locked_text": (False, True), "locked_image": (True, False), "full": (False, False)
+}
 
 
 class GatedAttentionBlock(nn.Module):

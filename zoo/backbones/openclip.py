@@ -31,7 +31,9 @@ MAX_LOGIT_SCALE = 100.0
 # norms and embeddings (positional, class, token embeddings) and SigLIP's logit bias
 NO_DECAY_MARKERS = ("bias", "ln", "norm", "bn", "embedding", "logit_scale", "logit_bias")
 # LoRA targets of every open_clip residual block: (submodule, weight) — attention q/k/v and output, MLP
-LORA_WEIGHTS = (("attn", "in_proj_weight"), ("attn.out_proj", "weight"), ("mlp.c_fc", "weight"), ("mlp.c_proj", "weight"))
+LORA_WEIGHTS = (
+    ("attn", "in_proj_weight"), ("attn.out_proj", "weight"), ("mlp.c_fc", "weight"), ("mlp.c_proj", "weight")
+)
 PROBE_CAPTIONS = ["a red circle left of a blue square", "two green triangles", "a photo of a dog on a sofa"]
 
 
@@ -318,7 +320,10 @@ class OpenCLIPBackbone(nn.Module):
             "text": self.encode_text(tokens.to(device)).float().cpu(),
         }
         self.model.train(was_training)
-        theirs = {"image": merged.encode_image(images, normalize=True), "text": merged.encode_text(tokens, normalize=True)}
+        theirs = {
+            "image": merged.encode_image(images, normalize=True),
+            "text": merged.encode_text(tokens, normalize=True),
+        }
         return {tower: (ours[tower] - theirs[tower]).abs().max().item() for tower in ours}
 
 
