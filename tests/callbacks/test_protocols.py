@@ -175,3 +175,22 @@ def test_macro_excludes_groups():
     options = {"macro_over_groups": True, "macro_min_items": 1, "macro_exclude_groups": ["near"]}
     figures = score(Benchmark("aro/vg_relation", "multiple_choice", items, options=options), sims)
     assert figures["accuracy"] == 0.5 and figures["macro_accuracy"] == 1.0 and figures["macro_groups"] == 1
+
+
+def test_winoground_second_clauses_decide():
+    """Items where only one clause of one score fails, so dropping any clause changes a figure.
+
+    s(c_j, i_k) per item: ("c0","i0"), ("c0","i1"), ("c1","i0"), ("c1","i1") → (text, image) expected."""
+    cases = {  # s(c0,i0) s(c0,i1) s(c1,i0) s(c1,i1)      text image
+        "image_second": ((0.9, 0.1, 0.6, 0.5), (1.0, 0.0)),  # image: s(c1,i1) 0.5 < s(c1,i0) 0.6
+        "text_second": ((0.9, 0.6, 0.1, 0.5), (0.0, 1.0)),  # text: s(c1,i1) 0.5 < s(c0,i1) 0.6
+        "image_first": ((0.5, 0.6, 0.1, 0.9), (1.0, 0.0)),  # image: s(c0,i0) 0.5 < s(c0,i1) 0.6
+        "text_first": ((0.5, 0.1, 0.6, 0.9), (0.0, 1.0)),  # text: s(c0,i0) 0.5 < s(c1,i0) 0.6
+        "both": ((0.9, 0.2, 0.3, 0.8), (1.0, 1.0)),
+    }
+    for name, ((c0i0, c0i1, c1i0, c1i1), (text, image)) in cases.items():
+        values = {("i0", "c0"): c0i0, ("i1", "c0"): c0i1, ("i0", "c1"): c1i0, ("i1", "c1"): c1i1}
+        sims = _sims(values, ["c0", "c1"], ["i0", "i1"])
+        figures = score(Benchmark("winoground", "winoground", [_item(name, ["i0", "i1"], ["c0", "c1"])]), sims)
+        got = (figures["text_score"], figures["image_score"], figures["group_score"])
+        assert got == (text, image, min(text, image)), name
