@@ -35,11 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # train.py is a script at the repository root
 
 import train  # noqa: E402
+from callbacks.retrieval_stage import embed_corpus, retrieve  # noqa: E402
 from callbacks.suite import evaluate_suite, load_benchmarks  # noqa: E402
 from datamodules import ImageCaptionDataModule  # noqa: E402
 from datamodules.benchmarks.shapesworld import SHAPE_TEMPLATES  # noqa: E402
 from datamodules.image_caption import ShapesWorldConfig  # noqa: E402
-from datamodules.retrieval import IndexConfig, build_index, embed_corpus, retrieve  # noqa: E402
+from datamodules.retrieval import IndexConfig, build_index  # noqa: E402
 from datamodules.shapesworld import COLORS, SHAPES, SIZES, generate_sample, png_bytes, write_shards  # noqa: E402
 from zoo.loading import load_model  # noqa: E402
 

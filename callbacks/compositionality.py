@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from callbacks.embedding import EpochEndEvaluation, embed_images, embed_texts
 from datamodules.benchmarks import ImageFiles, load_compositional_benchmark
+from datamodules.benchmarks.shapesworld import shapesworld_benchmark_file, shapesworld_settings
 
 
 def multiple_choice_accuracy(
@@ -32,26 +33,41 @@ class CompositionalityEvaluation(EpochEndEvaluation):
     """Multiple-choice accuracy per category on a compositional benchmark JSON.
 
     Records are ``{"image", "positive", "negative", "category"}``; a record is right when
-    s(image, positive) > s(image, negative). Without ``benchmark`` the data module's
-    ``compositional_benchmark()`` is used (ShapesWorld's split), so the same code scores real and
-    synthetic data. Logs ``{stage}/compositionality/{category}`` and ``.../mean``.
+    s(image, positive) > s(image, negative). Without ``benchmark`` ShapesWorld's compositional split
+    is used, written on first use (``compositional-seed{seed}-n{n}-px{image_size}/compositional.json``
+    under ``benchmark_dir``), so the same code scores real and synthetic data with any data module.
+    Logs ``{stage}/compositionality/{category}`` and ``.../mean``.
 
     Args:
-        benchmark: path of a benchmark JSON, or ``None`` for the data module's.
+        benchmark: path of a benchmark JSON, or ``None`` for ShapesWorld's split.
         batch_size: images / texts per forward.
         num_workers: image loading workers.
         every_n_epochs: evaluate every n validation epochs.
+        n: scenes of the ShapesWorld split.
+        seed, image_size, benchmark_dir: of the ShapesWorld split; ``None`` takes the data module's
+            (its ``shapesworld`` config and ``benchmark_dir``, when it has them), else 0, 64 and
+            ``data/shapesworld``.
     """
 
     name = "compositionality"
 
     def __init__(
-        self, benchmark: str | None = None, batch_size: int = 128, num_workers: int = 2, every_n_epochs: int = 1
+        self,
+        benchmark: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        every_n_epochs: int = 1,
+        n: int = 500,
+        seed: int | None = None,
+        image_size: int | None = None,
+        benchmark_dir: str | None = None,
     ) -> None:
         super().__init__(every_n_epochs)
         self.benchmark = benchmark
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.n = n
+        self.seed, self.image_size, self.benchmark_dir = seed, image_size, benchmark_dir
 
     def evaluate(
         self, trainer: Trainer | None, model: LightningModule, benchmark: str | Path, limit: int | None = None
@@ -79,10 +95,11 @@ class CompositionalityEvaluation(EpochEndEvaluation):
     def _benchmark(self, trainer: Trainer) -> Path:
         if self.benchmark is not None:
             return Path(self.benchmark)
+        where = shapesworld_settings(trainer.datamodule, self.seed, self.image_size, self.benchmark_dir)
         if trainer.is_global_zero:  # write the synthetic split once, then every rank reads it
-            trainer.datamodule.compositional_benchmark()
+            shapesworld_benchmark_file("compositional", self.n, **where)
         trainer.strategy.barrier()
-        return trainer.datamodule.compositional_benchmark()
+        return shapesworld_benchmark_file("compositional", self.n, **where)
 
     def run(self, trainer: Trainer, model: LightningModule, stage: str) -> dict[str, Any]:
         benchmark = self._benchmark(trainer)

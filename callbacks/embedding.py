@@ -13,6 +13,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
+from zoo.losses.distributed import rank, world_size
+
 
 def progress(iterable: Iterable, trainer: Trainer | None, desc: str, total: int | None = None) -> Iterable:
     """A tqdm bar on the global-zero process (silent elsewhere and when the trainer hides bars)."""
@@ -87,23 +89,21 @@ class EpochEndEvaluation(Callback):
 
 def shard(n: int) -> range:
     """This rank's share of ``n`` items: indices rank, rank + world, ... (each item exactly once)."""
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    return range(rank, n, world)
+    return range(rank(), n, world_size())
 
 
 def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
     """Reassemble ``[n, ...]`` in item order from every rank's :func:`shard` rows (no padded duplicates)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    world = world_size()
+    if world == 1:
         return local
-    world = dist.get_world_size()
     size = -(-n // world)  # ceil: ranks hold size or size - 1 rows
     padded = local.new_zeros(size, *local.shape[1:])
     padded[: len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     out = local.new_empty(n, *local.shape[1:])
-    for rank, part in enumerate(parts):
-        rows = range(rank, n, world)
+    for source, part in enumerate(parts):
+        rows = range(source, n, world)
         out[list(rows)] = part[: len(rows)]
     return out

@@ -10,7 +10,7 @@ computed exactly as ``clip_benchmark.metrics.zeroshot_classification`` does (see
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,33 +20,9 @@ from lightning.pytorch import Trainer
 
 from callbacks.embedding import embed_texts, progress
 from datamodules.benchmarks.classification import ELEVATER_METRICS
+from datamodules.benchmarks.prompts import Template, class_prompts, format_prompt
 
 LOGIT_SCALE = 100.0  # CLIP's fixed zero-shot scale (clip_benchmark, open_clip); rankings do not depend on it
-
-Template = str | Callable[[str], str]
-
-
-def format_prompt(template: Template, classname: str) -> str:
-    """``template`` filled with ``classname``: a callable, or a format string with ``{c}`` (clip_benchmark)
-    or ``{}`` (open_clip)."""
-    return template(classname) if callable(template) else template.format(classname, c=classname)
-
-
-def class_prompts(
-    classnames: Sequence[str], templates: Sequence[Template] | Mapping[str, Sequence[str]]
-) -> list[list[str]]:
-    """The prompts of each class: every template filled with the class name, or, for a mapping
-    (class-specific prompts, CuPL style, as clip_benchmark accepts), ``templates[classname]``."""
-    if not classnames:
-        raise ValueError("no class names")
-    if isinstance(templates, Mapping):
-        missing = [c for c in classnames if not templates.get(c)]
-        if missing:
-            raise ValueError(f"no prompts for class(es) {missing[:10]}")
-        return [list(templates[c]) for c in classnames]
-    if not templates:
-        raise ValueError("no templates")
-    return [[format_prompt(t, c) for t in templates] for c in classnames]
 
 
 @torch.no_grad()

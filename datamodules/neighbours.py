@@ -1,16 +1,13 @@
-"""Hard images for NegCLIP: each training image's nearest neighbours by backbone embedding.
+"""Hard images for NegCLIP: tables of each training image's nearest neighbours by backbone embedding.
 
-    python -m datamodules.neighbours --config configs/negclip.yaml --out neighbours.json --k 3 \\
-        [--ckpt_path last.ckpt] [--split train] [any train.py override, e.g. --data.init_args.batch_size 256]
-
-embeds the data module's split once with the configured model (or a checkpoint), writes the table
-``{"k", "keys", "neighbours"}`` and is used with ``data.init_args.neighbours: neighbours.json`` and
-``hard_images: true``. NegCLIP's TSV brings its own table (``neg_image``) instead.
+A table ``{"k", "keys", "neighbours"}`` is computed by ``python -m callbacks.neighbours`` (it needs a
+model) and read here (:func:`read_neighbour_table`, :class:`WithNeighbours`) when the data module gets
+``neighbours: neighbours.json`` and ``hard_images: true``. NegCLIP's TSV brings its own table
+(``neg_image``) instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -67,37 +64,5 @@ class WithNeighbours(Dataset):
         return None if record is None else {**record, "neighbours": self.neighbours[index]}
 
 
-def main(args: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, action="append", help="train.py config(s)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--ckpt_path", default=None, help="weights to embed with (default: the config's model)")
-    parser.add_argument("--split", default="train", choices=["train", "val", "test"])
-    parsed, overrides = parser.parse_known_args(args)  # the rest goes to the config, e.g. --data.init_args.batch_size
-
-    from callbacks.embedding import embed_images
-    from train import main as cli_main
-
-    cli = cli_main([arg for config in parsed.config for arg in ("--config", config)] + overrides, run=False)
-    model, datamodule = cli.model.eval(), cli.datamodule
-    if parsed.ckpt_path:
-        model.load_state_dict(torch.load(parsed.ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
-    keys: list[str] = []
-    ids: list[torch.Tensor] = []
-
-    def images():
-        for batch in datamodule.retrieval_dataloader(parsed.split):
-            keys.extend(batch["key"])
-            ids.append(batch["image_id"])
-            yield batch["image"]
-
-    features = embed_images(model, images(), desc=f"embedding {parsed.split} images")
-    table = nearest_neighbours(features.cpu(), parsed.k, torch.cat(ids))
-    out = write_neighbour_table(parsed.out, keys, table)
-    print(f"wrote the {parsed.k} nearest neighbours of {len(keys)} images to {out}")
-    return out
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command needs a model, so it lives above the data layer
+    raise SystemExit("computing a neighbour table moved: python -m callbacks.neighbours --config ... --out ...")

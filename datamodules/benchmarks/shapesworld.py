@@ -9,21 +9,92 @@
 * ``shapesworld/brittleness``: positive, a WordNet-synonym hard positive and the exact negative;
 * ``shapesworld/retrieval`` and ``shapesworld/shape_classification``: written as a Karpathy JSON and
   an ImageFolder tree (``datamodules.shapesworld.evaluation_files``) and read by the real loaders.
+
+:func:`shapesworld_benchmark_file` writes each generated file once (per seed, size and image size)
+under a benchmark directory; :func:`shapesworld_settings` reads seed, image size and directory from a
+data module's ShapesWorld config when it has one, so evaluation callbacks need nothing else from it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from datamodules.benchmarks.aro import load_coco_order
+from datamodules.benchmarks.aro_order import load_coco_order
 from datamodules.benchmarks.base import Benchmark, ImageRef, Item
 from datamodules.benchmarks.compositional import compositional_benchmarks, load_compositional_benchmark
+from datamodules.shapesworld import (
+    write_classification_benchmark,
+    write_compositional_benchmark,
+    write_retrieval_benchmark,
+    write_spatial_benchmark,
+)
 
 RELATIONS = ("left_of", "right_of", "above", "below")
 # zero-shot shape classification of single-object scenes
 SHAPE_TEMPLATES = ("a {c}.", "a small {c}.", "a large {c}.", "a picture of a {c}.")
 PAIRS = (("left_of", "right_of"), ("above", "below"))
+DEFAULT_BENCHMARK_DIR = "data/shapesworld"
+DEFAULT_SIZES = {"compositional": 500, "spatial": 100, "retrieval": 500, "classification": 20}
+
+
+def shapesworld_benchmark_file(
+    kind: str,
+    n: int | None = None,
+    seed: int = 0,
+    image_size: int = 64,
+    benchmark_dir: str | Path = DEFAULT_BENCHMARK_DIR,
+) -> Path:
+    """A generated ShapesWorld benchmark (written on first use, then reused):
+
+    * ``compositional``: ``<dir>/compositional-seed{seed}-n{n}-px{size}/compositional.json``;
+    * ``spatial``: ``<dir>/spatial-seed{seed}-n{n}-px{size}/spatial.json``;
+    * ``retrieval``: ``<dir>/retrieval-seed{seed}-n{n}-px{size}/dataset_shapesworld.json`` (Karpathy);
+    * ``classification``: the ImageFolder root ``<dir>/classification-seed{seed}-k{n}-px{size}`` (``n``
+      images per shape; a ``DONE`` file marks it complete).
+
+    ``n`` defaults to 500 / 100 / 500 / 20 (:data:`DEFAULT_SIZES`); scenes come from the test split.
+    """
+    if kind not in DEFAULT_SIZES:
+        raise ValueError(f"unknown ShapesWorld benchmark {kind!r}; known: {sorted(DEFAULT_SIZES)}")
+    n = DEFAULT_SIZES[kind] if n is None else n
+    size = f"k{n}" if kind == "classification" else f"n{n}"
+    out = Path(benchmark_dir) / f"{kind}-seed{seed}-{size}-px{image_size}"
+    settings = {"split": "test", "seed": seed, "image_size": image_size}
+    if kind == "classification":
+        if not (out / "DONE").is_file():
+            write_classification_benchmark(out, per_class=n, **settings)
+            (out / "DONE").write_text("")
+        return out
+    files = {"compositional": "compositional.json", "spatial": "spatial.json", "retrieval": "dataset_shapesworld.json"}
+    if (out / files[kind]).is_file():
+        return out / files[kind]
+    writers = {
+        "compositional": write_compositional_benchmark,
+        "spatial": write_spatial_benchmark,
+        "retrieval": write_retrieval_benchmark,
+    }
+    return writers[kind](out, n=n, **settings)
+
+
+def shapesworld_settings(
+    datamodule: Any = None,
+    seed: int | None = None,
+    image_size: int | None = None,
+    benchmark_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """``seed``, ``image_size`` and ``benchmark_dir`` for :func:`shapesworld_benchmark_file`: each given
+    value, else the data module's (``datamodule.shapesworld.seed`` / ``.image_size``,
+    ``datamodule.benchmark_dir``, read only if present), else the defaults (0, 64, ``data/shapesworld``)."""
+    config = getattr(datamodule, "shapesworld", None)
+    chosen = {
+        "seed": seed if seed is not None else getattr(config, "seed", 0),
+        "image_size": image_size if image_size is not None else getattr(config, "image_size", 64),
+        "benchmark_dir": benchmark_dir if benchmark_dir is not None else getattr(datamodule, "benchmark_dir", None),
+    }
+    chosen["benchmark_dir"] = Path(chosen["benchmark_dir"] or DEFAULT_BENCHMARK_DIR)
+    return chosen
 
 
 def spatial_benchmarks(path: str | Path) -> list[Benchmark]:

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from callbacks.neighbours import main
 from datamodules import ImageCaptionDataModule, ShapesWorldConfig
-from datamodules.neighbours import main, nearest_neighbours, read_neighbour_table, write_neighbour_table
+from datamodules.neighbours import nearest_neighbours, read_neighbour_table, write_neighbour_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,20 +14,17 @@ import webdataset as wds
 from PIL import Image
 
 import zoo
-from datamodules import retrieval
+from callbacks.retrieval_stage import embed_corpus, embed_queries, main, retrieve, stage
 from datamodules.retrieval import (
     IndexConfig,
     approximate_recall,
     build_faiss_index,
     build_index,
-    embed_corpus,
-    embed_queries,
     list_corpus_shards,
     load_classnames,
     load_embeddings,
     load_index,
     load_templates,
-    retrieve,
     search_classes,
 )
 from datamodules.sources import WebDatasetSource
@@ -262,9 +259,9 @@ def test_loader_workers_keep_each_shards_order(built, tmp_path):
 
 def test_embedding_resumes_by_shard(built, tmp_path, monkeypatch):
     calls = []
-    embed = retrieval._embed_shard
+    embed = stage._embed_shard
     monkeypatch.setattr(
-        retrieval, "_embed_shard", lambda model, shard, *a: calls.append(shard.name) or embed(model, shard, *a)
+        stage, "_embed_shard", lambda model, shard, *a: calls.append(shard.name) or embed(model, shard, *a)
     )
     embed_corpus(built["model"], built["pattern"], tmp_path, batch_size=16, num_workers=0)
     assert calls == ["kb-000000", "kb-000001", "kb-000002"]
@@ -337,7 +334,7 @@ def test_clear_errors(built, tmp_path):
 def test_command_line_builds_and_retrieves(built, tmp_path, capsys):
     built["model"].export_open_clip(tmp_path / "export")
     index = tmp_path / "index"
-    retrieval.main(
+    main(
         [
             "build-index",
             "--corpus",
@@ -360,7 +357,7 @@ def test_command_line_builds_and_retrieves(built, tmp_path, capsys):
     assert json.loads((index / "text.json").read_text())["model"]["source"]["model"].startswith("local-dir:")
     (tmp_path / "classes.txt").write_text("red circle\nblue square\n")
     (tmp_path / "templates.json").write_text(json.dumps(TEMPLATES))
-    retrieval.main(
+    main(
         [
             "retrieve",
             "--index",
