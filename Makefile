@@ -25,6 +25,7 @@ demo: system-deps $(STAMP)
 	$(PY) train.py fit --config configs/fsc_clip.yaml
 
 test: system-deps $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 clean:

@@ -16,6 +16,7 @@ the median and range of samples/s are printed with the peak memory.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import statistics
 import subprocess
@@ -54,10 +55,14 @@ def synthetic_batch(model: zoo.CLIP, method: str, batch_size: int, device: str) 
     generator = torch.Generator().manual_seed(0)
     size = model.backbone.image_size
     words = ["red", "blue", "circle", "square", "left", "of", "a", "large", "small", "green"]
-    captions = [" ".join(words[int(i)] for i in torch.randint(0, 10, (8,), generator=generator)) for _ in range(batch_size)]
+    captions = [
+        " ".join(words[int(i)] for i in torch.randint(0, 10, (8,), generator=generator)) for _ in range(batch_size)
+    ]
     batch = {"image": torch.randn(batch_size, 3, *size, generator=generator), "text": model.backbone.tokenize(captions)}
     if method != "clip":
-        batch["negatives"] = model.backbone.tokenize([c[::-1] for c in captions for _ in range(3)]).view(batch_size, 3, -1)
+        batch["negatives"] = model.backbone.tokenize([c[::-1] for c in captions for _ in range(3)]).view(
+            batch_size, 3, -1
+        )
         batch["negative_mask"] = torch.ones(batch_size, 3, dtype=torch.bool)
         batch["image_id"] = torch.arange(batch_size)
     return {k: v.to(device) for k, v in batch.items()}
@@ -139,7 +144,9 @@ def lightning_loop(model: zoo.CLIP, loader, args: argparse.Namespace, batch_size
 def open_clip_trainer(args: argparse.Namespace) -> float | None:
     """Samples/s/gpu reported by open_clip's own trainer on synthetic data (None when not installed)."""
     command = [sys.executable, "-m", "open_clip_train.main", "--dataset-type", "synthetic", "--model", args.model]
-    command += ["--batch-size", str(args.batch_size), "--train-num-samples", str(args.batch_size * (args.warmup + args.steps))]
+    command += [
+        "--batch-size", str(args.batch_size), "--train-num-samples", str(args.batch_size * (args.warmup + args.steps))
+    ]
     command += ["--epochs", "1", "--workers", "4", "--precision", "amp_bf16" if args.precision == "bf16" else "fp32"]
     command += ["--log-every-n-steps", "1", "--report-to", "", "--save-frequency", "0", "--lr", "1e-5"]
     with tempfile.TemporaryDirectory() as logs:
@@ -153,7 +160,9 @@ def end_to_end_loader(model: zoo.CLIP, args: argparse.Namespace, root: Path):
     n = args.batch_size * (args.warmup + args.steps + 2)
     shards = write_shards(root, n, image_size=model.backbone.image_size[0], shard_size=max(1, n // 8))
     pattern = str(root / f"shapesworld-train-{{000000..{len(shards) - 1:06d}}}.tar")
-    data = ImageCaptionDataModule(source="webdataset", train=pattern, batch_size=args.batch_size, num_workers=args.workers)
+    data = ImageCaptionDataModule(
+        source="webdataset", train=pattern, batch_size=args.batch_size, num_workers=args.workers
+    )
     data.connect(**model.data_transforms())
     return data.train_dataloader()
 
@@ -199,15 +208,20 @@ def main() -> None:
                     tag = "compiled" if compiled else "eager"
                     model = build(method, args, compiled)
                     batch = synthetic_batch(model, method, args.batch_size, args.device)
-                    measure(f"{method} plain {tag}", lambda: plain_loop(model, batch, args))
+                    measure(f"{method} plain {tag}", functools.partial(plain_loop, model, batch, args))
                     model = build(method, args, compiled)
                     loader = RepeatedBatch(batch, args.warmup + args.steps)
-                    measure(f"{method} zoo {tag}", lambda: lightning_loop(model, loader, args, args.batch_size))
+                    measure(
+                        f"{method} zoo {tag}", functools.partial(lightning_loop, model, loader, args, args.batch_size)
+                    )
             if "clip" in args.methods and not args.tiny:
                 measure("clip open_clip trainer", lambda: open_clip_trainer(args))
             model = build("clip", args, compiled=True)
             loader = end_to_end_loader(model, args, Path(scratch) / f"shards-{len(results)}")
-            measure("clip zoo compiled, ShapesWorld shards", lambda: lightning_loop(model, loader, args, args.batch_size))
+            measure(
+                "clip zoo compiled, ShapesWorld shards",
+                functools.partial(lightning_loop, model, loader, args, args.batch_size),
+            )
 
     device = torch.cuda.get_device_name() if gpu else "CPU"
     print(f"\n{args.model if not args.tiny else 'tiny ViT'}, batch {args.batch_size}, {args.precision}, {device}, "

@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--templates", choices=list(TEMPLATES), default="attributes")
     parser.add_argument("--react-epochs", type=int, default=5)
     parser.add_argument("--react-lr", type=float, default=5e-4)
-    parser.add_argument("--tuning", default="gated_image", choices=["gated_image", "locked_text", "locked_image", "full"])
+    parser.add_argument(
+        "--tuning", default="gated_image", choices=["gated_image", "locked_text", "locked_image", "full"]
+    )
     parser.add_argument("--pretrained", default=None, help="an exported pre-trained CLIP folder (skips step 1)")
     parser.add_argument("--keep", default=None, help="keep every artefact in this folder")
     args, overrides = parser.parse_known_args()
@@ -122,7 +124,8 @@ def main() -> None:
         if args.pretrained is None:
             base, pretrain_minutes = run_fit(
                 ["--config", clip_config, *common, "--trainer.max_epochs", str(args.pretrain_epochs)]
-                + ["--trainer.default_root_dir", str(root / "pretrain"), "--trainer.logger.init_args.save_dir", str(root / "pretrain")]
+                + ["--trainer.default_root_dir", str(root / "pretrain")]
+                + ["--trainer.logger.init_args.save_dir", str(root / "pretrain")]
             )
             base.model.export_open_clip(export)
         image_size = shapesworld.image_size
@@ -133,7 +136,14 @@ def main() -> None:
         embed_corpus(model, kb, root / "index", batch_size=256, num_workers=2)
         build = build_index(root / "index", "text" if args.mode == "t2t" else "image", IndexConfig())
         counts = retrieve(
-            model, root / "index", list(SHAPES), root / "retrieved", TEMPLATES[args.templates], args.mode, args.k, shard_size=500
+            model,
+            root / "index",
+            list(SHAPES),
+            root / "retrieved",
+            TEMPLATES[args.templates],
+            args.mode,
+            args.k,
+            shard_size=500,
         )
         retrieval_minutes = (time.perf_counter() - start) / 60
         pairs = sum(counts.values())
@@ -143,11 +153,15 @@ def main() -> None:
 
         steps = args.react_epochs * (pairs // 128)
         react, react_minutes = run_fit(
-            ["--config", react_config, *common, "--model.init_args.pretrained", str(export / "open_clip_pytorch_model.bin")]
+            ["--config", react_config, *common]
+            + ["--model.init_args.pretrained", str(export / "open_clip_pytorch_model.bin")]
             + ["--model.init_args.tuning", args.tuning, "--model.init_args.lr", str(args.react_lr)]
-            + ["--data.init_args.source", "webdataset", "--data.init_args.train", str(root / "retrieved" / f"retrieved-{{000000..{retrieved - 1:06d}}}.tar")]
-            + ["--data.init_args.val", val[0], "--trainer.max_steps", str(steps), "--trainer.max_epochs", str(args.react_epochs)]
-            + ["--trainer.default_root_dir", str(root / "react"), "--trainer.logger.init_args.save_dir", str(root / "react")]
+            + ["--data.init_args.source", "webdataset"]
+            + ["--data.init_args.train", str(root / "retrieved" / f"retrieved-{{000000..{retrieved - 1:06d}}}.tar")]
+            + ["--data.init_args.val", val[0], "--trainer.max_steps", str(steps)]
+            + ["--trainer.max_epochs", str(args.react_epochs)]
+            + ["--trainer.default_root_dir", str(root / "react")]
+            + ["--trainer.logger.init_args.save_dir", str(root / "react")]
         )
         benchmarks = load_benchmarks(
             [{"kind": "shapesworld"}],
@@ -163,7 +177,10 @@ def main() -> None:
           f"recall@{build['approximate_recall']['k']} vs exact {build['approximate_recall']['recall']:.3f}")
     print("retrieved unique pairs per class: " + json.dumps(counts) + f" (total {pairs}, {100 * precision:.0f}% name "
           f"their class); {steps} REACT steps")
-    print(f"minutes: pre-training {pretrain_minutes:.1f}, embedding + retrieval {retrieval_minutes:.1f}, REACT {react_minutes:.1f}")
+    print(
+        f"minutes: pre-training {pretrain_minutes:.1f}, embedding + retrieval {retrieval_minutes:.1f}, "
+        f"REACT {react_minutes:.1f}"
+    )
     print("| metric | pre-trained CLIP | REACT |")
     print("|---|---|---|")
     for name in before:

@@ -44,7 +44,9 @@ def load_backbone(spec: str, pretrained: str | None = None) -> OpenCLIPBackbone:
     return backbone
 
 
-def interpolate(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def interpolate(
+    theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """(1 − α)·θ_0 + α·θ_1 for floating tensors; any other tensor must be equal in both."""
     if theta0.keys() != theta1.keys():
         raise ValueError(f"the two models differ in weights: {sorted(theta0.keys() ^ theta1.keys())[:5]} ...")

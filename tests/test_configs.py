@@ -79,7 +79,9 @@ def test_stacked_config_fits(config, tmp_path, monkeypatch):
 def test_configs_interpolate_with_omegaconf(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("model:\n  init_args:\n    lr: 2.0e-4\ntrainer:\n  default_root_dir: runs/lr-${model.init_args.lr}\n")
+    sweep.write_text(
+        "model:\n  init_args:\n    lr: 2.0e-4\ntrainer:\n  default_root_dir: runs/lr-${model.init_args.lr}\n"
+    )
     cli = train.main(["--config", str(ROOT / "configs" / "clip.yaml"), "--config", str(sweep)], run=False)
     assert cli.trainer.default_root_dir == "runs/lr-0.0002"
     assert cli.model.hparams.lr == 2e-4

@@ -14,7 +14,10 @@ from datamodules.shapesworld import write_shards
 from tests.conftest import reload_in_fresh_process
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = "[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {dirpath: %s, every_n_train_steps: 3, save_top_k: -1, save_last: true}}]"
+CHECKPOINT = (
+    "[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, "
+    "init_args: {dirpath: %s, every_n_train_steps: 3, save_top_k: -1, save_last: true}}]"
+)
 
 
 def _fit(tmp_path, name, shards, *extra):
@@ -22,7 +25,9 @@ def _fit(tmp_path, name, shards, *extra):
     command += ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
     command += ["--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1"]
     command += ["--trainer.callbacks", CHECKPOINT % (tmp_path / name), "--trainer.enable_progress_bar", "false"]
-    command += ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / name)]
+    command += [
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / name)
+    ]
     command += ["--data.init_args.source", "webdataset", "--data.init_args.train", shards]
     command += ["--data.init_args.batch_size", "8", "--data.init_args.shuffle_buffer", "16"]
     command += ["--model.init_args.lr_schedule", "constant", *extra]

@@ -27,7 +27,8 @@ def test_method_trains_with_bf16_weights(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(config), "--trainer.precision", "bf16-true", "--trainer.max_steps", "3"]
     args += ["--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]"]
-    args += ["--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0", "--data.init_args.shapesworld.n_train", "64"]
+    args += ["--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0"]
+    args += ["--data.init_args.shapesworld.n_train", "64"]
     args += ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
     cli = train.main(args, run=False)
     steps = StepLosses()

@@ -51,7 +51,9 @@ def test_dataset_metrics():
     labels = torch.randint(0, 4, (40,), generator=generator)
     balanced = balanced_accuracy_score(labels.numpy(), logits.argmax(1).numpy())
     assert elevater_metric("mean-per-class", logits, labels) == pytest.approx(balanced)
-    assert elevater_metric("accuracy", logits, labels) == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+    assert elevater_metric("accuracy", logits, labels) == pytest.approx(
+        float((logits.argmax(1) == labels).float().mean())
+    )
     per_class = [_elevater_reference((labels == c).numpy(), logits[:, c].numpy()) for c in range(4)]
     assert elevater_metric("11point_mAP", logits, labels) == pytest.approx(sum(per_class) / 4)
     binary = logits[:, :2]
@@ -72,7 +74,9 @@ def test_the_suite_reports_a_datasets_elevater_metric(tmp_path):
     torch.manual_seed(0)
     model = zoo.CLIP(model_name="t", model_cfg=TINY_MODEL_CFG).eval()
     spec = {"kind": "shapesworld", "n": 8, "n_spatial": 2, "per_class": 3, "classification_metric": "11point_mAP"}
-    benchmarks = load_benchmarks([spec], ImageCaptionDataModule(benchmark_dir=str(tmp_path)), model.data_transforms()["eval_transform"])
+    benchmarks = load_benchmarks(
+        [spec], ImageCaptionDataModule(benchmark_dir=str(tmp_path)), model.data_transforms()["eval_transform"]
+    )
     classification = [b for b in benchmarks if b.name == "shapesworld/shape_classification"]
     figures = evaluate_suite(model, classification, batch_size=16, num_workers=0)["shapesworld/shape_classification"]
     assert 0 < figures["11point_mAP"] <= 1 and "top1" in figures
