@@ -11,7 +11,9 @@ here, plus ShapesWorld captions) and prints captions/s per worker for every gene
 
 then the 3 training generators together (negclip, replace, bigram_shuffle) and the time for a batch of
 256 captions with 3 negatives each. Targets: >= 5,000 captions/s for the 3 together once cached, and
-<= 50 ms per 256-caption batch.
+<= 50 ms per 256-caption batch. ``outputs`` is the share of captions that get an output; for the hard
+positives (synonym, conjunct_swap), ``refused`` is the share of captions with candidates (a first-sense
+synonym, a noun coordination) where the generator refused them all (``Generator.refused_share``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.text_augment import (  # noqa: E402
     GENERATORS,
+    HARD_POSITIVE_GENERATORS,
     TRAINING_GENERATORS,
     Analyzer,
     HardNegativeEngine,
@@ -228,14 +231,16 @@ def main() -> None:
     lexicon = Lexicon()
 
     cold_set = captions[: args.cold_n]
-    print(f"\n{'generator':30s} {'cold/s':>10s} {'cached/s':>10s} {'outputs':>8s}")
+    print(f"\n{'generator':30s} {'cold/s':>10s} {'cached/s':>10s} {'outputs':>8s} {'refused':>8s}")
     for names in [[name] for name in GENERATORS] + [list(TRAINING_GENERATORS)]:
         cold_engine = HardNegativeEngine(names, seed=args.seed, analyzer=Analyzer(), lexicon=_cold_lexicon())
         cold, _ = _rate(cold_engine, cold_set, 0)
         engine = HardNegativeEngine(names, seed=args.seed, analyzer=warm, lexicon=lexicon)
         _rate(engine, captions, 0)  # first cached pass: memoises candidate sets, fills WordNet tables
         cached, produced = _rate(engine, captions, 1)
-        print(f"{'+'.join(names):30s} {cold:10,.0f} {cached:10,.0f} {produced / len(names) / len(captions):8.1%}")
+        share = produced / len(names) / len(captions)
+        refused = f"{engine.generators[0].refused_share:8.1%}" if names[0] in HARD_POSITIVE_GENERATORS else ""
+        print(f"{'+'.join(names):30s} {cold:10,.0f} {cached:10,.0f} {share:8.1%} {refused}")
 
     batches = []
     for epoch in range(2, 5):

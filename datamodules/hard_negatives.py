@@ -5,11 +5,16 @@
 * ShapesWorld's exact negatives (``swap_attribute``, ``swap_object``, ``replace_attribute``,
   ``replace_object``, ``replace_relation``), defined for a scene's primary caption;
 * ``precomputed``: one of the record's own negative captions (the NegCLIP TSV ``neg_caption`` list).
+
+Whatever the source, a negative equal to its positive after the text tower's normalisation (CLIP's
+tokenizer lower-cases and collapses whitespace) is no negative: rule-based generators redraw, the
+precomputed choice is made among the others, and what is left is None.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from datamodules.shapesworld import NEGATIVE_TYPES
@@ -28,20 +33,29 @@ class NegativeCaptions:
     Args:
         generators: names, in the order the ``[B, K]`` negatives take them.
         seed: the seed of every generator's per-sample RNG.
+        normalize: the text tower's normalisation (``str -> str``); a negative equal to the caption after
+            it is dropped. Default (None): ``clip_normalize``, open_clip's ``SimpleTokenizer`` cleaning
+            (ftfy, HTML unescaping, whitespace collapsed, lower case). Must be picklable (a module-level
+            function) for dataloader workers.
     """
 
-    def __init__(self, generators: list[str], seed: int = 0) -> None:
+    def __init__(self, generators: list[str], seed: int = 0, normalize: Callable[[str], str] | None = None) -> None:
         if len(set(generators)) != len(generators):
             raise ValueError(f"hard_negatives lists a generator twice: {generators}")
         self.generators = list(generators)
         self.seed = seed
+        if normalize is None:
+            from datamodules.text_augment.base import clip_normalize
+
+            normalize = clip_normalize
+        self.normalize = normalize
         self.exact = [g for g in generators if g in NEGATIVE_TYPES]
         rule_based = [g for g in generators if g not in NEGATIVE_TYPES and g != PRECOMPUTED]
         self.engine = None
         if rule_based:
             from datamodules.text_augment import HardNegativeEngine  # spaCy / WordNet only when asked for
 
-            self.engine = HardNegativeEngine(rule_based, seed=seed)
+            self.engine = HardNegativeEngine(rule_based, seed=seed, normalize=normalize)
         self.rule_based = rule_based
 
     def warm(self, captions: list[str]) -> None:
@@ -65,10 +79,14 @@ class NegativeCaptions:
         if PRECOMPUTED in self.generators:
             if "negative_captions" not in record:
                 raise ValueError("hard negative 'precomputed' needs a source with negative captions (NegCLIP TSV)")
-            choices = record["negative_captions"]
+            positive = self.normalize(caption)
+            choices = [c for c in record["negative_captions"] if self.normalize(c) != positive]
             rng = sample_rng(self.seed, epoch, index, PRECOMPUTED)
             outputs[PRECOMPUTED] = rng.choice(choices) if choices else None
-        # a negative equal to its positive is no negative
-        return [
-            None if outputs[g] is None or outputs[g].strip() == caption.strip() else outputs[g] for g in self.generators
-        ]
+        return [self._negative(outputs[g], caption) for g in self.generators]
+
+    def _negative(self, negative: str | None, caption: str) -> str | None:
+        """``negative`` unless it is None or equals ``caption`` after ``normalize`` (no negative then)."""
+        if negative is None or self.normalize(negative) == self.normalize(caption):
+            return None
+        return negative

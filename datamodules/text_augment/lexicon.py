@@ -27,9 +27,12 @@ from .resources import load_wordnet
 
 # spaCy coarse POS -> WordNet POS, as FSC-CLIP's ``_spacy_to_wordnet_pos``.
 WORDNET_POS = {"NOUN": "n", "PRON": "n", "PROPN": "n", "VERB": "v", "ADJ": "a", "ADV": "r"}
-# Penn tags lemminflect can inflect to (others are left as they are).
 # NLTK's synset cache is cleared past this many synsets (~3 KB each: ~90 MB); tables are kept.
 MAX_CACHED_SYNSETS = 30_000
+# A hard-positive synonym is tagged at least this often, relative to the word, in the caption's sense:
+# rarer lemmas are a change of register or of sense ("food" -> "nutrient", "court" -> "tribunal").
+SYNONYM_MIN_RATIO = 0.1
+# Penn tags lemminflect can inflect to (others are left as they are).
 INFLECTABLE_TAGS = frozenset("NN NNS NNP NNPS VB VBD VBG VBN VBP VBZ JJ JJR JJS RB RBR RBS".split())
 
 
@@ -195,20 +198,64 @@ class Lexicon:
         # Sorted: NLTK keeps pointers in sets, so traversal order changes with PYTHONHASHSEED.
         return Candidates(sorted((name.replace("_", " "), weight) for name, weight in weights.items()))
 
-    def synonyms(self, word: str, pos: str, lemma: str = "") -> Candidates:
-        """Other lemmas of the first (most frequent) synset of ``word``, weighted by lemma counts."""
-        key = (word.lower(), pos, lemma.lower())
+    def synonyms(self, word: str, pos: str, lemma: str = "", same_sense: bool = True) -> Candidates:
+        """Other lemmas of the caption's sense of ``word`` (spaCy ``lemma``), weighted by lemma counts.
+
+        The sense is WordNet's first ``pos`` synset of ``lemma`` (of ``word`` if WordNet lacks the
+        lemma: "swinging" is "swing", not "swinge"). With ``same_sense`` (the hard-positive rule), only
+        when that sense is the word's majority sense (more than half its tagged count over its ``pos``
+        senses: not "plate", whose first sense is home plate), and only lemmas tagged in that sense at
+        least ``SYNONYM_MIN_RATIO`` times as often as the word (and at least once; ``lemma.count()`` is
+        the weight), whose own first ``pos`` sense it is ("fry" and "can" are lemmas of "child" and "toilet"
+        whose first senses are others) and that are not tagged more often as another part of speech
+        ("minor", "miss"). Without it: every other lemma of the synset, weighted
+        ``max(count, 1)`` (the candidates the restriction refuses from).
+        """
+        key = (word.lower(), pos, lemma.lower(), same_sense)
         table = self._synonyms.get(key)
         if table is None:
-            synsets = self.wordnet.synsets(key[0], pos)
-            weighted: dict[str, int] = {}
-            if synsets:
-                for candidate in synsets[0].lemmas():
-                    text = candidate.name().replace("_", " ")
-                    if text.lower() not in (key[0], key[2]) and text not in weighted:
-                        weighted[text] = max(self.lemma_count(candidate), 1)
-            table = self._synonyms[key] = Candidates(list(weighted.items()))
+            table = self._synonyms[key] = Candidates(self._synonyms_of(*key))
         return table
+
+    def _synonyms_of(self, word: str, pos: str, lemma: str, same_sense: bool) -> list[tuple[str, int]]:
+        wordnet = self.wordnet
+        query = lemma if lemma and wordnet.synsets(lemma, pos) else word
+        synsets = wordnet.synsets(query, pos)
+        if not synsets:
+            return []
+        names = {word, lemma, query, wordnet.morphy(query, pos) or query}
+        own = [sum(self.lemma_count(x) for x in s.lemmas() if x.name().lower() in names) for s in synsets]
+        if same_sense and not 2 * own[0] > sum(own) > 0:
+            return []
+        weighted: dict[str, int] = {}
+        for candidate in synsets[0].lemmas():
+            text = candidate.name().replace("_", " ")
+            if text.lower() in names or candidate.name().lower() in names or text in weighted:
+                continue
+            count = self.lemma_count(candidate)
+            if not same_sense:
+                weighted[text] = max(count, 1)
+            elif (
+                count >= SYNONYM_MIN_RATIO * own[0]
+                and (wordnet.synsets(candidate.name(), pos) or [None])[0] == synsets[0]
+            ):
+                if self._count_as_other_pos(candidate.name(), pos) <= count:
+                    weighted[text] = count
+        return list(weighted.items())
+
+    def _count_as_other_pos(self, name: str, pos: str) -> int:
+        """The highest tagged count of ``name`` as a lemma of another part of speech."""
+        others = [p for p in ("n", "v", "a", "r") if p != pos]  # "a" includes the satellites ("s")
+        return max(
+            (
+                self.lemma_count(lemma)
+                for p in others
+                for synset in self.wordnet.synsets(name, p)
+                for lemma in synset.lemmas()
+                if lemma.name().lower() == name.lower()
+            ),
+            default=0,
+        )
 
     def prepositions(self, original: str) -> Candidates:
         """The fixed preposition list minus ``original`` (compared lower-cased)."""

@@ -6,7 +6,7 @@ import random
 from typing import NamedTuple
 
 from .analysis import Analysis
-from .base import MAX_RETRIES, Generator, differs
+from .base import MAX_RETRIES, Generator
 from .lexicon import WORDNET_POS, Candidates, Lexicon, inflect, match_case
 from .scene_graph import parse_scene_graph
 
@@ -86,7 +86,7 @@ class Replace(Generator):
             drawn = slot.candidates.draw_distinct(rng, 2)
             name = slot.candidates.names[drawn[rng.randrange(len(drawn))]]
             new = match_case(inflect(name, slot.tag), a.text[slot.start : slot.end])
-            out = differs(a.text[: slot.start] + new + a.text[slot.end :], caption)
+            out = self.differs(a.text[: slot.start] + new + a.text[slot.end :], caption)
             if out is not None:
                 return out
         return None
@@ -100,13 +100,13 @@ def _with_article(a: Analysis, i: int, new: str) -> tuple[int, str]:
     return a.idx[i], new
 
 
-def synonym_options(a: Analysis, i: int, lexicon: Lexicon) -> list[tuple[int, str, int]]:
-    """(start char, replacement, weight) for each synonym of token ``i``: inflected, casing kept, a
-    preceding article made to agree; those that reproduce the token are dropped."""
+def synonym_options(a: Analysis, i: int, lexicon: Lexicon, same_sense: bool = True) -> list[tuple[int, str, int]]:
+    """(start char, replacement, weight) for each synonym of token ``i`` (``Lexicon.synonyms``): inflected,
+    casing kept, a preceding article made to agree; those that reproduce the token are dropped."""
     p = a.pos[i]
     if p not in ("NOUN", "ADJ", "VERB"):
         return []
-    table = lexicon.synonyms(a.words[i], WORDNET_POS[p], a.lemma[i])
+    table = lexicon.synonyms(a.words[i], WORDNET_POS[p], a.lemma[i], same_sense)
     prev, options = 0, []
     for name, cum in zip(table.names, table.cum_weights):
         new = match_case(inflect(name, a.tag[i]), a.words[i])
@@ -117,10 +117,20 @@ def synonym_options(a: Analysis, i: int, lexicon: Lexicon) -> list[tuple[int, st
     return options
 
 
+def synonym_tokens(a: Analysis, lexicon: Lexicon) -> tuple[tuple[int, ...], bool]:
+    """(Tokens with a synonym in the caption's sense; whether any token had a synonym before that
+    restriction, i.e. the call is an attempt)."""
+    tokens = tuple(i for i in range(len(a)) if synonym_options(a, i, lexicon))
+    return tokens, bool(tokens) or any(synonym_options(a, i, lexicon, same_sense=False) for i in range(len(a)))
+
+
 class SynonymReplace(Generator):
     """Hard positive: one noun, adjective or verb (uniformly among those that have one) replaced by
-    another lemma of its first (most frequent) WordNet synset, weighted by ``max(lemma.count(), 1)``,
-    inflected to the token's tag, casing kept, and "a"/"an" before it made to agree ("an adult male").
+    another lemma of its sense (``Lexicon.synonyms``: WordNet's first sense of the tagged part of
+    speech, when it is the word's majority sense; lemmas tagged in that sense, whose own first sense
+    it is), drawn by lemma count, inflected to the token's tag, casing kept, and "a"/"an" before it
+    made to agree ("an automobile"). ``counts`` records the calls on captions with a first-sense
+    synonym (``attempts``) and those where the sense restriction refused them all (``refused``).
     vlzoo's own rule (no reference implementation)."""
 
     name = "synonym"
@@ -128,10 +138,11 @@ class SynonymReplace(Generator):
     def __call__(self, caption: str, rng: random.Random) -> str | None:
         a = self.analyze(caption)
         lexicon = self.lexicon
-        tokens = a.cached("synonym", lambda a: tuple(i for i in range(len(a)) if synonym_options(a, i, lexicon)))
+        tokens, attempted = a.cached("synonym", lambda a: synonym_tokens(a, lexicon))
+        self.record(attempted, not tokens)
         if not tokens:
             return None
         i = tokens[rng.randrange(len(tokens))]
         options = synonym_options(a, i, lexicon)
         start, new, _ = rng.choices(options, weights=[w for _, _, w in options])[0]
-        return differs(a.text[:start] + new + a.text[a.end(i) :], caption)
+        return self.differs(a.text[:start] + new + a.text[a.end(i) :], caption)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 
 from .analysis import Analysis
-from .base import MAX_RETRIES, Generator, differs
+from .base import MAX_RETRIES, Generator
 
 NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
 ADJ_TAGS = frozenset({"JJ", "JJR", "JJS"})
@@ -88,7 +88,7 @@ class ShuffleNounsAndAdj(Generator):
         a = self.analyze(caption)
         nouns = [i for i, t in enumerate(a.tag) if t in NOUN_TAGS]
         adjectives = [i for i, t in enumerate(a.tag) if t in ADJ_TAGS]
-        return _shuffle_positions(list(a.words), [nouns, adjectives], rng)
+        return self.differs(_shuffle_positions(list(a.words), [nouns, adjectives], rng), caption)
 
 
 class ShuffleAllButNounsAndAdj(Generator):
@@ -99,7 +99,7 @@ class ShuffleAllButNounsAndAdj(Generator):
     def __call__(self, caption: str, rng: random.Random) -> str | None:
         a = self.analyze(caption)
         others = [i for i, t in enumerate(a.tag) if t not in NOUN_TAGS and t not in ADJ_TAGS]
-        return _shuffle_positions(list(a.words), [others], rng)
+        return self.differs(_shuffle_positions(list(a.words), [others], rng), caption)
 
 
 class ShuffleWithinTrigrams(Generator):
@@ -110,7 +110,7 @@ class ShuffleWithinTrigrams(Generator):
     def __call__(self, caption: str, rng: random.Random) -> str | None:
         tokens = list(aro_word_tokenize(caption))
         groups = [list(range(i, min(i + 3, len(tokens)))) for i in range(0, len(tokens), 3)]
-        return _shuffle_positions(tokens, groups, rng)
+        return self.differs(_shuffle_positions(tokens, groups, rng), caption)
 
 
 class ShuffleTrigrams(Generator):
@@ -129,7 +129,7 @@ class ShuffleTrigrams(Generator):
             rng.shuffle(order)
             out = [t for group in order for t in group]
             if _lower(out) != original:
-                return " ".join(out)
+                return self.differs(" ".join(out), caption)
         return None
 
 
@@ -144,8 +144,8 @@ class BigramShuffle(Generator):
     Tokens 0-1, 2-3, ... form fixed groups (the last may be a single token; whitespace tokens are
     skipped); the groups are shuffled and joined with single spaces (inside a group, no space before
     punctuation). A caption-final punctuation token is set aside and re-attached at the end. A shuffle
-    whose token sequence equals the original is redrawn up to ``MAX_RETRIES`` times, then None; fewer
-    than 2 groups gives None.
+    whose token sequence equals the original, or whose text does after ``normalize`` ("a dog a Dog"), is
+    redrawn up to ``MAX_RETRIES`` times, then None; fewer than 2 groups gives None.
     Deliberate difference: FSC-CLIP sets the final punctuation aside only when it forms a group on its
     own and re-inserts it at a random position; here it always stays last. The equality test compares
     token sequences directly instead of re-parsing the shuffled text with spaCy.
@@ -167,5 +167,7 @@ class BigramShuffle(Generator):
             order = list(groups)
             rng.shuffle(order)
             if [a.words[i] for group in order for i in group] != original:
-                return differs(" ".join(_join_group(a, group) for group in order) + final, caption)
+                out = self.differs(" ".join(_join_group(a, group) for group in order) + final, caption)
+                if out is not None:
+                    return out
         return None
