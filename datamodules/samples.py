@@ -1,4 +1,10 @@
-"""From records to training / evaluation samples: transform, caption choice, hard negatives, collate."""
+"""From records to training / evaluation samples.
+
+Generic (every data module, through :class:`~datamodules.base.ZooDataModule`): :class:`Samples` and
+:class:`StreamSamples` (a record + (seed, epoch, index) -> a sample, with corrupt samples replaced),
+:class:`EpochIndexSampler`, :class:`StreamPosition` and :func:`seeded`. Image-caption specific:
+:class:`SampleRecipe` (transform, caption choice, hard negatives, hard images) and :class:`CaptionCollator`.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,84 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from datamodules.hard_negatives import NegativeCaptions, sample_rng
+from datamodules.sources import CorruptSampleError, SkipCounter
+from zoo.losses.distributed import rank, world_size
 
 if TYPE_CHECKING:
     from datamodules.sources import WebDatasetSource
+
+T = TypeVar("T")
+
+SUBSTITUTE_TRIES = 16  # substitutes drawn for a corrupt sample before the split is declared unusable
+_REPLACED = SkipCounter()  # substitutions made in this process (each dataloader worker counts its own)
+
+
+class Recipe(Protocol):
+    """How a record becomes a sample: a function of (record, seed, epoch, index) only.
+
+    ``records`` is the map-style source the record comes from (``None`` for a stream), for recipes
+    that look up other records (hard images)."""
+
+    seed: int
+
+    def build(self, records: Any, record: dict[str, Any], index: int, epoch: int) -> dict[str, Any]: ...
+
+
+def seeded(fn: Callable[..., T], *args: Any, seed: int, epoch: int, index: int) -> T:
+    """``fn(*args)`` with torch's, Python's and NumPy's global RNGs seeded by (seed, epoch, index) and
+    restored afterwards: a random augmentation that is the same whatever the worker, the number of
+    workers or a resume."""
+    value = sample_rng(seed, epoch, index, "augmentation").getrandbits(63)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(value)
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        try:
+            return fn(*args)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _skip_counter(records: Any) -> SkipCounter | None:
+    """The source's counter of skipped samples, through wrappers (``.records``) such as WithNeighbours."""
+    while records is not None and not isinstance(records, (list, tuple)):
+        if isinstance(getattr(records, "skipped", None), SkipCounter):
+            return records.skipped
+        records = getattr(records, "records", None)
+    return None
+
+
+def record_or_substitute(records: Dataset, index: int, epoch: int, seed: int, counter: SkipCounter) -> tuple[int, dict]:
+    """``(index, records[index])``, or, when the source skipped that record (``None``: corrupt, with
+    ``skip_corrupt``), a substitute: another index of the same split drawn by (seed, epoch, index), up to
+    :data:`SUBSTITUTE_TRIES` of them. Every rank keeps the same number of rows, and the substitute is the
+    same whatever the worker or a resume. Raises :class:`CorruptSampleError` when every draw is corrupt."""
+    record = records[index]
+    if record is not None:
+        return index, record
+    n = len(records)
+    draws = sample_rng(seed, epoch, index, "substitute").sample(range(n - 1), min(n - 1, SUBSTITUTE_TRIES))
+    tried = [i + (i >= index) for i in draws]  # other indices, without repeats
+    for other in tried:
+        record = records[other]
+        if record is not None:
+            counter.replace(f"sample {index} (epoch {epoch})", f"sample {other} (key {record['key']})")
+            return other, record
+    source = _skip_counter(records)
+    recent = "; ".join(source.recent) if source is not None and source.recent else "see the warnings above"
+    raise CorruptSampleError(
+        f"sample {index} of a split of {n} and its {len(tried)} substitutes {tried} are all corrupt: is every "
+        f"sample of this split corrupt? Last skipped: {recent}"
+    )
 
 
 @dataclass
@@ -47,22 +120,10 @@ class SampleRecipe:
         """The transformed image (with ``seeded_augmentation``, as a function of (seed, epoch, index))."""
         if not self.seeded_augmentation:
             return self.transform(image)
-        value = sample_rng(self.seed, epoch, index, "augmentation").getrandbits(63)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(value)
-            random.seed(value)
-            np.random.seed(value % 2**32)
-            try:
-                return self.transform(image)
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        return seeded(self.transform, image, seed=self.seed, epoch=epoch, index=index)
 
-    def build(self, records: Any, record: dict | None, index: int, epoch: int, neighbour: bool) -> dict | None:
-        """The sample of ``record`` (number ``index`` of ``records``) in ``epoch``."""
-        if record is None:  # a skipped corrupt sample
-            return None
+    def build(self, records: Any, record: dict, index: int, epoch: int, neighbour: bool = True) -> dict:
+        """The sample of ``record`` (number ``index`` of ``records``; ``records`` is None for a stream) in ``epoch``."""
         sample = {
             "key": record["key"],
             "image": self.augment(record["image"], index, epoch),
@@ -77,27 +138,34 @@ class SampleRecipe:
             sample["caption"] = sample_rng(self.seed, epoch, index, "caption").choice(record["captions"])
         if self.negatives is not None:
             sample["negatives"] = self.negatives(record, sample["caption"], index, epoch)
-        if self.hard_images and neighbour:
+        if self.hard_images and neighbour and records is not None:
             choices = record.get("neighbours")
             if not choices:
                 raise ValueError(f"hard_images needs neighbours for every record; {record['key']} has none")
             other = sample_rng(self.seed, epoch, index, "neighbour").choice(choices)
-            sample["neighbour"] = self.build(records, records[other], other, epoch, neighbour=False)
+            other, hard = record_or_substitute(records, other, epoch, self.seed, _REPLACED)
+            sample["neighbour"] = self.build(records, hard, other, epoch, neighbour=False)
         return sample
 
 
-class Samples(Dataset):
-    """Map-style samples; indices may be ``(epoch, index)`` pairs from :class:`EpochIndexSampler`."""
 
-    def __init__(self, records: Dataset, recipe: SampleRecipe) -> None:
+class Samples(Dataset):
+    """Map-style samples; indices may be ``(epoch, index)`` pairs from :class:`EpochIndexSampler`.
+
+    A record the source skipped (``None``: corrupt, with ``skip_corrupt``) is replaced by the sample of
+    another index drawn by (seed, epoch, index) (:func:`record_or_substitute`), built exactly as that
+    index's own sample: batches keep their size on every rank, and never hold a ``None``."""
+
+    def __init__(self, records: Dataset, recipe: Recipe) -> None:
         self.records, self.recipe = records, recipe
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        return self.recipe.build(self.records, self.records[index], index, epoch, neighbour=True)
+        index, record = record_or_substitute(self.records, index, epoch, self.recipe.seed, _REPLACED)
+        return self.recipe.build(self.records, record, index, epoch)
 
 
 @dataclass
@@ -116,9 +184,10 @@ class StreamSamples(IterableDataset):
     of that share read), which the data module records from the batches it trains on.
 
     ``resume = StreamPosition(...)`` continues a pass where a mid-epoch checkpoint left it, once.
+    Corrupt samples are replaced in the stream itself (see :meth:`WebDatasetSource.epoch_records`).
     """
 
-    def __init__(self, records: WebDatasetSource, recipe: SampleRecipe) -> None:
+    def __init__(self, records: WebDatasetSource, recipe: Recipe) -> None:
         self.records, self.recipe = records, recipe
         self.epoch = -1
         self.resume: StreamPosition | None = None
@@ -134,7 +203,7 @@ class StreamSamples(IterableDataset):
             skip, self.resume = self.resume.positions[role], None
         for record in self.records.epoch_records(self.epoch, skip=skip, role=role):
             index = zlib.crc32(record["key"].encode())
-            sample = self.recipe.build(None, record, index, self.epoch, neighbour=False)
+            sample = self.recipe.build(None, record, index, self.epoch)
             yield {**sample, "stream_position": (role, record["position"])}
 
 
@@ -145,14 +214,8 @@ class EpochIndexSampler(DistributedSampler):
     ``resume = (epoch, n)`` skips the first ``n`` indices of that epoch once (a mid-epoch resume)."""
 
     def __init__(self, dataset: Dataset, shuffle: bool, seed: int, drop_last: bool = False) -> None:
-        distributed = dist.is_available() and dist.is_initialized()
         super().__init__(
-            dataset,
-            num_replicas=dist.get_world_size() if distributed else 1,
-            rank=dist.get_rank() if distributed else 0,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
+            dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed, drop_last=drop_last
         )
 
         self.resume: tuple[int, int] | None = None  # (epoch, samples of this rank already seen)
@@ -168,14 +231,19 @@ class CaptionCollator:
     """Stacks images; tokenises the chosen captions and hard negatives (``[B, K, L]`` + ``[B, K]`` mask).
 
     With hard images, the neighbours follow the B originals: 2B images, captions and negatives.
+    Samples are never ``None``: :class:`Samples` and :class:`StreamSamples` replace corrupt ones.
     """
 
     def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor] | None) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
-        samples = [s for s in samples if s is not None]
-        samples += [s["neighbour"] for s in samples if s.get("neighbour") is not None]
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if not samples or any(s is None for s in samples):
+            raise ValueError(
+                f"a batch of {len(samples)} samples with {sum(s is None for s in samples)} missing: a skipped corrupt"
+                " sample must be replaced (datamodules.samples.Samples does), or ranks train on different batch sizes"
+            )
+        samples = samples + [s["neighbour"] for s in samples if s.get("neighbour") is not None]
         batch: dict[str, Any] = {
             "key": [s["key"] for s in samples],
             "image": torch.stack([s["image"] for s in samples]),

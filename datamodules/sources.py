@@ -1,9 +1,12 @@
 """Readers for image-caption data: manifests, webdataset shards, ShapesWorld.
 
-Every reader yields records ``{"key": str, "image": PIL.Image (RGB), "captions": list[str]}``.
-Bad input never passes silently: a missing or corrupt image, an empty caption or a malformed
-manifest raises :class:`CorruptSampleError` naming the file and the sample key, unless the reader
-was built with ``skip_corrupt=True``, in which case the sample is skipped and counted.
+Every reader yields records ``{"key": str, "image": PIL.Image (RGB), "captions": list[str]}``; images
+are decoded by PIL, whatever format it reads (the same in manifests and shards), and turned upright by
+their EXIF orientation. Bad input never passes silently: a missing or corrupt image, an empty caption
+or a malformed manifest raises :class:`CorruptSampleError` naming the file and the sample key, unless
+the reader was built with ``skip_corrupt=True``, in which case the sample is skipped, counted and
+replaced: by :class:`~datamodules.samples.Samples` for a map-style source (which returns ``None`` in
+its place), by :meth:`WebDatasetSource.epoch_records` itself for a stream.
 """
 
 from __future__ import annotations
@@ -13,19 +16,31 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
-from PIL import Image
-from torch.utils.data import Dataset, IterableDataset
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from datamodules.hard_negatives import sample_rng
+from zoo.losses import distributed
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    """Every file extension PIL can open, the common web formats first (the one a shard sample uses wins)."""
+    Image.init()
+    readable = {ext.lstrip(".").lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    common = ("jpg", "jpeg", "png", "webp")
+    return common + tuple(sorted(readable - set(common)))
+
+
+IMAGE_EXTENSIONS = _readable_extensions()  # webdataset image keys: jpg, png, tif, tiff, bmp, gif, ...
 
 
 class CorruptSampleError(ValueError):
@@ -33,21 +48,33 @@ class CorruptSampleError(ValueError):
 
 
 class SkipCounter:
-    """Counts skipped samples in this process and logs a warning for each."""
+    """Counts skipped (and replaced) samples in this process and logs a warning for each; the last
+    messages are kept for an error that has to name them (``recent``)."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.replaced = 0
+        self.recent: deque[str] = deque(maxlen=8)
 
     def skip(self, error: Exception) -> None:
         self.count += 1
+        self.recent.append(str(error))
         log.warning("skipped corrupt sample (%d skipped so far in this process): %s", self.count, error)
 
+    def replace(self, skipped: str, substitute: str) -> None:
+        self.replaced += 1
+        count = self.replaced
+        log.warning("replaced skipped %s by %s (%d replaced so far in this process)", skipped, substitute, count)
 
-def open_image(data: bytes | str | Path, where: str) -> Image.Image:
-    """Decode an image fully (so truncated files fail here, not later) and convert to RGB."""
+
+def open_image(data: bytes | str | Path, where: str, upright: bool = True) -> Image.Image:
+    """Decode an image fully (so truncated files fail here, not later), turn it by its EXIF orientation
+    (``upright``: phone photos are stored sideways with an orientation tag) and convert to RGB."""
     try:
         image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         image.load()
+        if upright:
+            image = ImageOps.exif_transpose(image)
         return image.convert("RGB")
     except Exception as error:  # PIL raises many types: report them all the same way
         raise CorruptSampleError(f"{where}: cannot read image ({type(error).__name__}: {error})") from error
@@ -175,7 +202,7 @@ class ManifestDataset(Dataset):
 def decode_webdataset_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """Decode one raw webdataset sample (image bytes + ``txt`` or ``json`` captions)."""
     where = f"{sample.get('__url__', '?')} (key {sample.get('__key__', '?')})"
-    image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)  # any format PIL reads
     if image_key is None:
         raise CorruptSampleError(f"{where}: no image among {sorted(k for k in sample if not k.startswith('__'))}")
     if "json" in sample:
@@ -194,6 +221,12 @@ def decode_webdataset_sample(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _worker() -> tuple[int, int]:
+    """(this dataloader worker's id, number of workers); (0, 1) in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
 class WebDatasetSource(IterableDataset):
     """Records from webdataset tar shards (brace patterns allowed), split across ranks and workers.
 
@@ -203,31 +236,42 @@ class WebDatasetSource(IterableDataset):
     (seed, epoch, rank, worker). Every record carries its ``position``: how many samples of the pass
     were read up to it, so :meth:`epoch_records` can continue a pass where a checkpoint left it.
 
+    With ``skip_corrupt``, a corrupt sample is replaced in the stream (a stream has no index to draw a
+    substitute from): by the next good sample of the same worker's share, or, for corrupt samples at
+    the end of the share, by its first good sample. Every rank and worker thus yields as many records as
+    its shards hold samples (equal batches, and as many, on every rank), and the substitute is the same
+    whether the pass ran straight through or resumed mid-way.
+
     Args:
         urls: shard paths or URLs, or a brace pattern (``shards-{000000..000099}.tar``).
         shuffle: sample shuffle buffer (0: shards and samples in order).
-        skip_corrupt: skip and count bad samples instead of raising.
+        skip_corrupt: skip, count and replace bad samples instead of raising.
         seed: seed of the shard and sample shuffles.
+        decode: a raw webdataset sample (``__key__``, ``__url__``, extension -> bytes) -> a record with a
+            ``key``; raises :class:`CorruptSampleError` for a bad sample (default: image + caption(s)).
     """
 
-    def __init__(self, urls: str | list[str], shuffle: int = 0, skip_corrupt: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        urls: str | list[str],
+        shuffle: int = 0,
+        skip_corrupt: bool = False,
+        seed: int = 0,
+        decode: Callable[[dict[str, Any]], dict[str, Any]] = decode_webdataset_sample,
+    ) -> None:
         self.urls = urls
         self.shuffle = shuffle
         self.skip_corrupt = skip_corrupt
         self.seed = seed
+        self.decode = decode
         self.skipped = SkipCounter()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.epoch_records(epoch=0)
 
-    def epoch_records(self, epoch: int, skip: int = 0, role: int | None = None) -> Iterator[dict[str, Any]]:
-        """The records of pass ``epoch``, after the first ``skip`` samples (read, not decoded).
-
-        ``role`` is the worker whose share this worker reads (default: its own id); a resumed epoch
-        rotates the shares so the DataLoader's round robin continues where it stopped.
-        """
-        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
-        role = worker if role is None else role
+    def _share(self, epoch: int, role: int) -> tuple[list[str], Iterator[dict[str, Any]]]:
+        """The shard URLs of this rank's share ``role`` in pass ``epoch``, and its raw samples in order."""
+        rank, world_size, num_workers = distributed.rank(), distributed.world_size(), _worker()[1]
         patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
         urls = [url for pattern in patterns for url in wds.shardlists.expand_urls(pattern)]
         if len(urls) % world_size:
@@ -243,12 +287,48 @@ class WebDatasetSource(IterableDataset):
         if self.shuffle:
             rng = sample_rng(self.seed, epoch, f"rank{rank}/share{role}", "shuffle")
             samples = wds.shuffle(self.shuffle, rng=rng)(samples)
+        return urls, samples
+
+    def epoch_records(self, epoch: int, skip: int = 0, role: int | None = None) -> Iterator[dict[str, Any]]:
+        """The records of pass ``epoch``, after the first ``skip`` samples (read, not decoded).
+
+        ``role`` is the worker whose share this worker reads (default: its own id); a resumed epoch
+        rotates the shares so the DataLoader's round robin continues where it stopped. A replaced corrupt
+        sample keeps its own ``position`` (a resume skips it like any other).
+        """
+        role = _worker()[0] if role is None else role
+        urls, samples = self._share(epoch, role)
+        pending: list[tuple[int, str]] = []  # (position, where) of corrupt samples waiting for the next good one
         for position, sample in enumerate(samples, start=1):
             if position <= skip:
                 continue
             try:
-                yield {**decode_webdataset_sample(sample), "position": position}
+                record = self.decode(sample)
             except CorruptSampleError as error:
                 if not self.skip_corrupt:
                     raise
                 self.skipped.skip(error)
+                pending.append((position, f"{sample.get('__url__', '?')} (key {sample.get('__key__', '?')})"))
+                continue
+            yield from self._replace(pending, record)
+            pending = []
+            yield {**record, "position": position}
+        if pending:  # corrupt samples at the end of the share: its first good sample stands in
+            record = next((r for r in map(self._decode_quietly, self._share(epoch, role)[1]) if r is not None), None)
+            if record is None:
+                raise CorruptSampleError(
+                    f"every sample of shards {urls} is corrupt (skip_corrupt): nothing to replace them with; "
+                    f"last skipped: {'; '.join(self.skipped.recent)}"
+                )
+            yield from self._replace(pending, record)
+
+    def _replace(self, pending: list[tuple[int, str]], record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for position, where in pending:
+            self.skipped.replace(f"sample {where}", f"{record['key']}, a good sample of the same stream")
+            yield {**record, "position": position}
+
+    def _decode_quietly(self, sample: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self.decode(sample)
+        except CorruptSampleError:
+            return None

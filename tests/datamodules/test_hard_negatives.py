@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from datamodules import CorruptSampleError, ImageCaptionDataModule, ShapesWorldConfig
+from datamodules.hard_negatives import NegativeCaptions
 from datamodules.shapesworld import generate_sample
 
 
@@ -148,3 +149,56 @@ def test_unknown_source_of_negatives_is_explained():
     )
     with pytest.raises(ValueError, match="precomputed.*NegCLIP TSV"):
         _batches(dm)
+
+
+def _bag_of_words(text):
+    return " ".join(sorted(text.lower().split()))
+
+
+def _spacing(text):
+    return " ".join(text.split())
+
+
+def test_precomputed_negatives_equal_after_normalisation_are_dropped():
+    """CLIP's tokenizer lower-cases and collapses whitespace: "A Dog on a red  sofa" is the positive again."""
+    negatives = NegativeCaptions(["precomputed"])
+    caption = "a dog on a red sofa"
+    record = {"negative_captions": ["A Dog on a red  sofa", " a dog on a RED sofa\n", "a sofa on a red dog"]}
+    drawn = {negatives(record, caption, index, epoch)[0] for index in range(20) for epoch in range(3)}
+    assert drawn == {"a sofa on a red dog"}
+    assert negatives({"negative_captions": ["A DOG ON A RED SOFA"]}, caption, 0, 0) == [None]
+    # another text tower, another normalisation: a case-sensitive one keeps the case variants
+    cased = NegativeCaptions(["precomputed"], normalize=_spacing)
+    drawn = {cased(record, caption, index, epoch)[0] for index in range(20) for epoch in range(3)}
+    assert drawn == set(record["negative_captions"])
+
+
+def test_exact_and_rule_based_negatives_get_the_same_check():
+    caption = "a large red square above a small blue circle"
+    record = {"negatives": {"swap_attribute": "A LARGE red square above a small blue  circle"}}
+    assert NegativeCaptions(["swap_attribute"])(record, caption, 0, 0) == [None]
+    assert NegativeCaptions(["swap_attribute"], normalize=_spacing)(record, caption, 0, 0) == [
+        record["negatives"]["swap_attribute"]
+    ]
+    bags = NegativeCaptions(["negclip", "bigram_shuffle"], normalize=_bag_of_words)
+    assert all(gen.normalize is _bag_of_words for gen in bags.engine.generators)
+    assert bags({}, caption, 0, 0) == [None, None]  # a swap or a shuffle keeps the bag of words
+    assert None not in NegativeCaptions(["negclip", "bigram_shuffle"])({}, caption, 0, 0)
+
+
+def test_data_module_compares_negatives_after_the_connected_text_towers_cleaning():
+    import open_clip
+
+    from datamodules import ImageCaptionDataModule
+    from datamodules.text_augment.base import clip_normalize
+
+    dm = ImageCaptionDataModule(hard_negatives=["negclip"])
+    clip_tokenizer = open_clip.SimpleTokenizer(context_length=16)
+    dm.connect(clip_tokenizer, lambda image: image, lambda image: image)
+    assert dm.negative_captions().normalize is clip_normalize  # CLIP's lower-casing cleaning, fast path
+    assert clip_normalize("  A Large  ELEPHANT ") == clip_tokenizer.clean_fn("  A Large  ELEPHANT ")
+    cased = open_clip.tokenizer.HFTokenizer.__new__(open_clip.tokenizer.HFTokenizer)
+    cased.clean_fn = open_clip.tokenizer._clean_whitespace  # a case-sensitive tower keeps case differences
+    dm = ImageCaptionDataModule(hard_negatives=["negclip"])
+    dm.connect(cased, lambda image: image, lambda image: image)
+    assert dm.negative_captions().normalize is open_clip.tokenizer._clean_whitespace

@@ -11,6 +11,7 @@ from PIL import Image
 from datamodules import CorruptSampleError, ImageCaptionDataModule, ManifestDataset, ShapesWorldConfig, WebDatasetSource
 from datamodules.samples import StreamPosition
 from datamodules.shapesworld import generate_sample, write_shards
+from tests.conftest import assert_stream_resumes_at_every_stop
 
 
 def _tokenizer(texts):
@@ -114,7 +115,7 @@ def test_corrupt_and_missing_images_raise_with_path_and_key(tmp_path):
         dataset[1]
 
 
-def test_skip_corrupt_skips_and_counts(tmp_path, caplog):
+def test_skip_corrupt_skips_counts_and_replaces(tmp_path, caplog):
     (tmp_path / "ok.png").write_bytes(_png())
     (tmp_path / "bad.png").write_bytes(b"not an image")
     rows = [
@@ -129,9 +130,10 @@ def test_skip_corrupt_skips_and_counts(tmp_path, caplog):
     )
     with caplog.at_level(logging.WARNING):
         batches = list(dm.val_dataloader())
-    assert [b["key"] for b in batches] == [["ok.png"]]
+    assert [b["key"] for b in batches] == [["ok.png"] * 3]  # the one good sample stands in for both bad ones
     assert "empty caption" in caplog.text and "bad.png" in caplog.text
     assert "2 skipped so far" in caplog.text
+    assert "replaced skipped sample 1 (epoch 0) by sample 0 (key ok.png)" in caplog.text
 
 
 def test_corrupt_webdataset_sample_names_shard_and_key(tmp_path):
@@ -143,8 +145,8 @@ def test_corrupt_webdataset_sample_names_shard_and_key(tmp_path):
     with pytest.raises(CorruptSampleError, match=r"bad-000000.tar \(key broken\): cannot read image"):
         list(WebDatasetSource(shard))
     source = WebDatasetSource(shard, skip_corrupt=True)
-    assert [r["key"] for r in source] == ["good"]
-    assert source.skipped.count == 2
+    assert [r["key"] for r in source] == ["good"] * 3  # replaced: as many records as samples
+    assert source.skipped.count == 2 and source.skipped.replaced == 2
 
 
 def test_unconnected_datamodule_says_what_to_do():
@@ -173,7 +175,8 @@ def test_seeded_augmentation_is_a_function_of_seed_epoch_and_index():
 
     from datamodules.samples import SampleRecipe
 
-    recipe = SampleRecipe(T.Compose([T.RandomResizedCrop(16, scale=(0.2, 1.0)), T.ToTensor()]), None, seeded_augmentation=True)
+    transform = T.Compose([T.RandomResizedCrop(16, scale=(0.2, 1.0)), T.ToTensor()])
+    recipe = SampleRecipe(transform, None, seeded_augmentation=True)
     image = Image.frombytes("RGB", (32, 32), bytes(range(256)) * 12)
     first = recipe.augment(image, index=5, epoch=1)
     torch.manual_seed(123)
@@ -214,20 +217,16 @@ def test_webdataset_epoch_continues_where_a_mid_epoch_checkpoint_left_it(tmp_pat
     """Every interruption point, the tail where one worker has run out of shards included."""
     write_shards(tmp_path, n=40, image_size=16, shard_size=8)  # 5 shards: 3 for one worker, 2 for the other
     pattern = str(tmp_path / "shapesworld-train-{000000..000004}.tar")
-    dm = _connect(ImageCaptionDataModule(source="webdataset", train=pattern, batch_size=3, num_workers=2, shuffle_buffer=8))
+    dm = _connect(
+        ImageCaptionDataModule(source="webdataset", train=pattern, batch_size=3, num_workers=2, shuffle_buffer=8)
+    )
     whole = _stream_batches(dm.train_dataloader())
     keys = [key for batch, _ in whole for key in batch]
     assert len(keys) == len(set(keys)) and len(whole) >= 8
     assert _stream_batches(dm.train_dataloader()) == whole  # a pass is a function of (seed, epoch)
     shares = [share for _, (share, _) in whole]
     assert shares[:4] == [0, 1, 0, 1] and shares[-2] == shares[-1]  # round robin, then one worker's tail
-    for stop in range(1, len(whole)):
-        positions = [0, 0]
-        for _, (share, position) in whole[:stop]:
-            positions[share] = position
-        loader = dm.train_dataloader()
-        loader.dataset.resume = StreamPosition(epoch=0, positions=positions, last_share=whole[stop - 1][1][0])
-        assert [batch for batch, _ in _stream_batches(loader)] == [batch for batch, _ in whole[stop:]], stop
+    assert_stream_resumes_at_every_stop(dm, whole)
 
 
 def test_webdataset_passes_differ_by_epoch_and_seed(tmp_path):
@@ -244,7 +243,8 @@ def test_webdataset_passes_differ_by_epoch_and_seed(tmp_path):
 
 def test_webdataset_resume_with_other_workers_warns_and_restarts_the_epoch(tmp_path):
     write_shards(tmp_path, n=8, image_size=16, shard_size=4)
-    dm = _connect(ImageCaptionDataModule(source="webdataset", train=str(tmp_path / "shapesworld-train-{000000..000001}.tar"), batch_size=2, num_workers=2))
+    pattern = str(tmp_path / "shapesworld-train-{000000..000001}.tar")
+    dm = _connect(ImageCaptionDataModule(source="webdataset", train=pattern, batch_size=2, num_workers=2))
     dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
     saved = {"epoch": 0, "batches": 2, "stream": [{"positions": [2, 2], "last_share": 1}]}
     assert dm._stream_resume(saved) == StreamPosition(epoch=0, positions=[2, 2], last_share=1)
@@ -255,7 +255,6 @@ def test_webdataset_resume_with_other_workers_warns_and_restarts_the_epoch(tmp_p
 
 def test_webdataset_shards_must_split_evenly_across_ranks(tmp_path, monkeypatch):
     write_shards(tmp_path, n=12, image_size=16, shard_size=4)  # 3 shards
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("zoo.losses.distributed.world_size", lambda: 2)  # the zoo's one rank / world reader
     with pytest.raises(ValueError, match="3 shards cannot be split evenly across 2 ranks"):
         next(iter(WebDatasetSource(str(tmp_path / "shapesworld-train-{000000..000002}.tar"))))
