@@ -86,7 +86,7 @@ def main() -> None:
         if args.finetune_epochs:
             results = {"base clip": run("clip", args.epochs, overrides, root / "base", export=root / "export")}
             weights = str(root / "export" / "open_clip_pytorch_model.bin")
-            tune = ["--model.init_args.pretrained", weights, "--model.init_args.lr", str(args.finetune_lr)]
+            tune = ["--model.init_args.backbone.pretrained", weights, "--model.init_args.lr", str(args.finetune_lr)]
             for v in args.variants:
                 results[f"{v} (fine-tuned)"] = run(v, args.finetune_epochs, overrides + tune, root)
         else:

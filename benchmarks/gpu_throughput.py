@@ -46,7 +46,7 @@ METHODS = {"clip": zoo.CLIP, "negclip": zoo.NegCLIP, "fsc_clip": zoo.FSCCLIP}
 def build(method: str, args: argparse.Namespace, compiled: bool) -> zoo.CLIP:
     cfg = {"model_cfg": TINY} if args.tiny else {"model_name": args.model}
     compile_options = {"backend": args.compile_backend} if compiled else False
-    model = METHODS[method](**cfg, compile=compile_options, lr=1e-5, warmup_steps=0, lr_schedule="constant")
+    model = METHODS[method](backbone=cfg, compile=compile_options, lr=1e-5, warmup_steps=0, lr_schedule="constant")
     return model.to(args.device)
 
 

@@ -154,7 +154,7 @@ def main() -> None:
         steps = args.react_epochs * (pairs // 128)
         react, react_minutes = run_fit(
             ["--config", react_config, *common]
-            + ["--model.init_args.pretrained", str(export / "open_clip_pytorch_model.bin")]
+            + ["--model.init_args.backbone.pretrained", str(export / "open_clip_pytorch_model.bin")]
             + ["--model.init_args.tuning", args.tuning, "--model.init_args.lr", str(args.react_lr)]
             + ["--data.init_args.source", "webdataset"]
             + ["--data.init_args.train", str(root / "retrieved" / f"retrieved-{{000000..{retrieved - 1:06d}}}.tar")]

@@ -65,7 +65,7 @@ def _sync() -> None:
 def make_model(args: argparse.Namespace) -> zoo.CLIP:
     torch.manual_seed(0)
     if args.model:
-        return zoo.CLIP(model_name=args.model, lr=1e-4, warmup_steps=10)
+        return zoo.CLIP(backbone={"model_name": args.model}, lr=1e-4, warmup_steps=10)
     init = yaml.safe_load((ROOT / "configs" / "clip.yaml").read_text())["model"]["init_args"]
     return zoo.CLIP(**init)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,9 @@ def load_backbone(spec: str, pretrained: str | None = None) -> OpenCLIPBackbone:
     if not spec.endswith(".ckpt"):
         return OpenCLIPBackbone(model_name=spec, pretrained=pretrained)
     checkpoint = torch.load(spec, map_location="cpu", weights_only=False)
-    hparams = checkpoint.get("hyper_parameters", {})
-    accepted = set(inspect.signature(OpenCLIPBackbone).parameters) - {"grad_checkpointing", "pretrained"}
-    backbone = OpenCLIPBackbone(**{k: v for k, v in hparams.items() if k in accepted})
+    config = checkpoint.get("hyper_parameters", {}).get("backbone") or {}
+    ignored = {"grad_checkpointing", "pretrained"}  # the weights come from the checkpoint
+    backbone = OpenCLIPBackbone(**{k: v for k, v in config.items() if k not in ignored})
     prefix = "backbone."
     backbone.load_state_dict({k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
     return backbone
@@ -87,7 +86,7 @@ def wise_ft(
     import zoo
 
     state0, state1 = theta0.open_clip_state_dict(), theta1.open_clip_state_dict()
-    model = zoo.CLIP(model_name=theta0.model_name, model_cfg=theta0.model_cfg)
+    model = zoo.CLIP(backbone={"model_name": theta0.model_name, "model_cfg": theta0.model_cfg})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     benchmarks = suite_benchmarks(benchmarks_config, model)

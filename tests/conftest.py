@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from zoo.backbones import OpenCLIPConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_MODEL_CFG = {
@@ -30,7 +32,19 @@ def tiny_clip(tiny_cfg):
     import zoo
 
     torch.manual_seed(0)
-    return zoo.CLIP(model_name="vlzoo-test-tiny", model_cfg=tiny_cfg)
+    return zoo.CLIP(backbone={"model_name": "vlzoo-test-tiny", "model_cfg": tiny_cfg})
+
+
+BACKBONE_KEYS = set(OpenCLIPConfig.__annotations__)
+
+
+def tiny_model(method: str, tiny_cfg: dict, **kwargs):
+    """``zoo.<method>`` over the tiny architecture; backbone arguments among ``kwargs`` go to ``backbone``."""
+    import zoo
+
+    given = {key: kwargs.pop(key) for key in list(kwargs) if key in BACKBONE_KEYS}
+    backbone = {"model_name": "t", "model_cfg": tiny_cfg, **given}
+    return getattr(zoo, method)(backbone=backbone, **kwargs)
 
 
 def negative_caption_batch(model, captions: list[str], negatives: list[list[str | None]], image_ids=None) -> dict:
@@ -51,6 +65,20 @@ def negative_caption_batch(model, captions: list[str], negatives: list[list[str 
         for i, (caption, row) in enumerate(zip(captions, negatives, strict=True))
     ]
     return CaptionCollator(model.backbone.tokenize)(samples)
+
+
+def assert_stream_resumes_at_every_stop(datamodule, whole: list[tuple[list[str], tuple[int, int]]]) -> None:
+    """For every prefix of ``whole`` (a training pass as ``(keys, stream_position)`` per batch, two workers), a
+    loader resumed from the positions that prefix recorded yields exactly the rest of the pass."""
+    from datamodules.samples import StreamPosition
+
+    for stop in range(1, len(whole)):
+        positions = [0, 0]
+        for _, (share, position) in whole[:stop]:
+            positions[share] = position
+        loader = datamodule.train_dataloader()
+        loader.dataset.resume = StreamPosition(epoch=0, positions=positions, last_share=whole[stop - 1][1][0])
+        assert [batch["key"] for batch in loader] == [keys for keys, _ in whole[stop:]], stop
 
 
 def free_port() -> int:

@@ -85,3 +85,16 @@ def test_configs_interpolate_with_omegaconf(tmp_path, monkeypatch):
     cli = train.main(["--config", str(ROOT / "configs" / "clip.yaml"), "--config", str(sweep)], run=False)
     assert cli.trainer.default_root_dir == "runs/lr-0.0002"
     assert cli.model.hparams.lr == 2e-4
+
+
+def test_backbone_arguments_pass_through_once_and_misspelt_keys_are_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = ["--config", str(ROOT / "configs" / "fsc_clip.yaml")]
+    overrides = ["--model.init_args.backbone.cache_dir", str(tmp_path), "--model.init_args.backbone.lora_rank", "2"]
+    cli = train.main([*config, *overrides], run=False)
+    assert cli.model.backbone_config["cache_dir"] == str(tmp_path)  # every backbone argument reaches it from YAML
+    assert cli.model.backbone_config["model_name"] == "vlzoo-tiny-vit"  # the config's other keys stay
+    assert any("lora_" in name for name, _ in cli.model.named_parameters())
+    with pytest.raises(SystemExit):
+        train.main([*config, "--model.init_args.backbone.lora_rnak", "2"], run=False)
+    assert "lora_rnak" in capsys.readouterr().err

@@ -34,7 +34,12 @@ def set_hparam(hparams: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node: Any = hparams
     for key in parents:
-        node = node[key] if isinstance(node, dict) else getattr(node, key)
+        if isinstance(node, dict):
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+        else:
+            node = getattr(node, key)
     if isinstance(node, dict):
         node[leaf] = value
     else:

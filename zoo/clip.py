@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from zoo.backbones import OpenCLIPBackbone
+from zoo.backbones import OpenCLIPBackbone, OpenCLIPConfig
 from zoo.base import ZooModule
 from zoo.checkpoints import file_or_name
 from zoo.losses import contrastive_loss
@@ -23,41 +23,26 @@ class CLIP(ZooModule):
     :meth:`export_open_clip`; ``CLIP.load_from_checkpoint(path)`` needs nothing but this package.
 
     Args:
-        model_name, pretrained, model_cfg, lock_image, lock_text, grad_checkpointing, lora_rank,
-            lora_alpha, lora_towers, train_augmentation: see :class:`zoo.backbones.OpenCLIPBackbone`.
+        backbone: the open_clip backbone's arguments (:class:`zoo.backbones.OpenCLIPConfig`: ``model_name``,
+            ``pretrained``, ``model_cfg``, ``lock_image``, ``lock_text``, ``grad_checkpointing``,
+            ``cache_dir``, ``lora_rank``, ``lora_alpha``, ``lora_towers``, ``train_augmentation``; see
+            :class:`zoo.backbones.OpenCLIPBackbone`), e.g. ``{"model_name": "ViT-B-32-quickgelu",
+            "pretrained": "openai"}``.
         compile: ``torch.compile`` both towers (a dict: ``torch.compile`` options, e.g. ``{mode: max-autotune}``).
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (``lr``, ``weight_decay``, ...).
     """
 
     def __init__(
         self,
-        model_name: str = "ViT-B-32",
-        pretrained: str | None = None,
-        model_cfg: dict[str, Any] | None = None,
-        lock_image: bool = False,
-        lock_text: bool = False,
-        grad_checkpointing: bool = False,
-        lora_rank: int = 0,
-        lora_alpha: float = 1.0,
-        lora_towers: tuple[str, ...] = ("image", "text"),
-        train_augmentation: dict[str, Any] | None = None,
+        backbone: OpenCLIPConfig | None = None,
         compile: bool | dict[str, Any] = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.backbone_config = OpenCLIPConfig(**(backbone or {}))
         self.save_hyperparameters()
-        self.backbone = OpenCLIPBackbone(
-            model_name=model_name,
-            pretrained=pretrained,
-            model_cfg=model_cfg,
-            lock_image=lock_image,
-            lock_text=lock_text,
-            grad_checkpointing=grad_checkpointing,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_towers=lora_towers,
-            train_augmentation=train_augmentation,
-        )
+        self.hparams["backbone"] = dict(self.backbone_config)
+        self.backbone = OpenCLIPBackbone(**self.backbone_config)
         if compile:
             self.backbone.compile_towers(**(compile if isinstance(compile, dict) else {}))
 
@@ -112,7 +97,7 @@ class CLIP(ZooModule):
     # ---------------------------------------------------------------------------- base hooks
     def frozen_base_reference(self) -> dict[str, Any]:
         """The open_clip ``pretrained`` tag or file (absolute) the frozen weights come from."""
-        return {"pretrained": file_or_name(self.hparams.pretrained)}
+        return {"backbone.pretrained": file_or_name(self.backbone_config.get("pretrained"))}
 
     def no_weight_decay(self) -> set[str]:
         """open_clip's rule, answered by the backbone (names below ``backbone.``)."""

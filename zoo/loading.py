@@ -25,7 +25,7 @@ def load_model(
         model = getattr(zoo, module.removeprefix("zoo.")).load_from_checkpoint(checkpoint, map_location="cpu")
         source = {"checkpoint": str(Path(checkpoint).resolve()), "module": module}
     elif model_name:
-        model = zoo.CLIP(model_name=model_name, pretrained=pretrained)
+        model = zoo.CLIP(backbone={"model_name": model_name, "pretrained": pretrained})
         source = {"model": model_name, "pretrained": pretrained}
     else:
         raise ValueError("give a checkpoint or an open_clip model name")

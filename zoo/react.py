@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from zoo.backbones import OpenCLIPConfig
 from zoo.checkpoints import file_or_name
 from zoo.clip import CLIP
 from zoo.losses import unicl_loss
@@ -101,8 +102,9 @@ class REACT(CLIP):
         gated_layers: k, the number of last image blocks that get a gated block (6 for ViT-B/32, B/16, L/14).
         unicl_threshold: γ; texts with cosine ≥ γ to caption i are positives of image i (1.0: CLIP loss).
         react_checkpoint: a released REACT checkpoint to load after building (gated-image ones included).
-        lock_image, lock_text: set by ``tuning``; given explicitly, they must agree with it.
-        **kwargs: everything :class:`zoo.CLIP` takes.
+        backbone: the open_clip backbone's arguments (see :class:`zoo.CLIP`); ``lock_image`` and
+            ``lock_text`` are set by ``tuning`` (given explicitly, they must agree with it).
+        **kwargs: everything else :class:`zoo.CLIP` takes.
     """
 
     def __init__(
@@ -111,17 +113,16 @@ class REACT(CLIP):
         gated_layers: int = 6,
         unicl_threshold: float = 0.9,
         react_checkpoint: str | None = None,
-        lock_image: bool | None = None,
-        lock_text: bool | None = None,
+        backbone: OpenCLIPConfig | None = None,
         **kwargs: Any,
     ) -> None:
         if tuning not in LOCKS:
             raise ValueError(f"tuning must be one of {sorted(LOCKS)}, got {tuning!r}")
         locks = dict(zip(("lock_image", "lock_text"), LOCKS[tuning]))
-        for name, given in (("lock_image", lock_image), ("lock_text", lock_text)):
-            if given is not None and given != locks[name]:
-                raise ValueError(f"tuning={tuning!r} sets {name}={locks[name]}; drop {name} from the config")
-        super().__init__(**locks, **kwargs)
+        for name, given in (backbone or {}).items():
+            if name in locks and given != locks[name]:
+                raise ValueError(f"tuning={tuning!r} sets {name}={locks[name]}; drop backbone.{name} from the config")
+        super().__init__(backbone={**(backbone or {}), **locks}, **kwargs)
         self.save_hyperparameters()
         if tuning == "gated_image":
             add_gated_blocks(self.backbone.model.visual, gated_layers)  # new blocks: trainable
@@ -131,7 +132,8 @@ class REACT(CLIP):
 
     def frozen_base_reference(self) -> dict[str, Any]:
         """The pre-trained weights plus the released REACT checkpoint loaded over them."""
-        return {**super().frozen_base_reference(), "react_checkpoint": file_or_name(self.hparams.react_checkpoint)}
+        reference = super().frozen_base_reference()
+        return {**reference, "react_checkpoint": file_or_name(self.hparams.react_checkpoint)}
 
     def loss_terms(
         self, features: dict[str, torch.Tensor | None], detach_parameters: bool = False

@@ -103,7 +103,7 @@ def models(tmp_path_factory):
     from tests.conftest import TINY_MODEL_CFG
 
     torch.manual_seed(0)
-    ours = zoo.CLIP(model_name="vlzoo-test-tiny", model_cfg=TINY_MODEL_CFG).eval()
+    ours = zoo.CLIP(backbone={"model_name": "vlzoo-test-tiny", "model_cfg": TINY_MODEL_CFG}).eval()
     export = tmp_path_factory.mktemp("export")
     ours.export_open_clip(export)
     theirs, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{export}")

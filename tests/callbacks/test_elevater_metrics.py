@@ -72,7 +72,7 @@ def test_the_suite_reports_a_datasets_elevater_metric(tmp_path):
     from tests.conftest import TINY_MODEL_CFG
 
     torch.manual_seed(0)
-    model = zoo.CLIP(model_name="t", model_cfg=TINY_MODEL_CFG).eval()
+    model = zoo.CLIP(backbone={"model_name": "t", "model_cfg": TINY_MODEL_CFG}).eval()
     spec = {"kind": "shapesworld", "n": 8, "n_spatial": 2, "per_class": 3, "classification_metric": "11point_mAP"}
     benchmarks = load_benchmarks(
         [spec], ImageCaptionDataModule(benchmark_dir=str(tmp_path)), model.data_transforms()["eval_transform"]

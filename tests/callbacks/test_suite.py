@@ -14,7 +14,7 @@ from tests.conftest import TINY_MODEL_CFG, free_port
 
 def _model():
     torch.manual_seed(0)
-    return zoo.CLIP(model_name="t", model_cfg=TINY_MODEL_CFG).eval()
+    return zoo.CLIP(backbone={"model_name": "t", "model_cfg": TINY_MODEL_CFG}).eval()
 
 
 def _benchmarks(root):

@@ -7,7 +7,7 @@ from lightning.pytorch import Trainer
 import zoo
 from callbacks.suite import evaluate_suite, suite_benchmarks
 from callbacks.wise_ft import axis_value, interpolate, load_backbone, main
-from tests.conftest import TINY_MODEL_CFG
+from tests.conftest import TINY_MODEL_CFG, tiny_model
 
 
 def test_interpolate_is_the_weight_space_ensemble():
@@ -49,9 +49,9 @@ def _suite_yaml(tmp_path):
 def test_end_to_end_from_an_export_and_a_lora_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    base = zoo.CLIP(model_name="t", model_cfg=TINY_MODEL_CFG).eval()
+    base = zoo.CLIP(backbone={"model_name": "t", "model_cfg": TINY_MODEL_CFG}).eval()
     base.export_open_clip(tmp_path / "theta0")
-    tuned = zoo.FSCCLIP(model_name="t", model_cfg=TINY_MODEL_CFG, lora_rank=4)
+    tuned = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": TINY_MODEL_CFG, "lora_rank": 4})
     tuned.backbone.load_open_clip_state_dict(base.backbone.open_clip_state_dict())
     with torch.no_grad():
         for name, param in tuned.named_parameters():
@@ -80,11 +80,11 @@ def test_end_to_end_from_an_export_and_a_lora_checkpoint(tmp_path, monkeypatch):
 
 def test_checkpoint_backbone_merges_lora(tmp_path):
     torch.manual_seed(0)
-    tuned = zoo.FSCCLIP(model_name="t", model_cfg=TINY_MODEL_CFG, lora_rank=2, lora_towers=["text"])
+    tuned = tiny_model("FSCCLIP", TINY_MODEL_CFG, lora_rank=2, lora_towers=["text"])
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
     trainer.strategy.connect(tuned)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     backbone = load_backbone(str(tmp_path / "m.ckpt"))
     state = backbone.open_clip_state_dict()
     assert not any("lora_" in k or "parametrizations" in k for k in state)
-    assert state.keys() == zoo.CLIP(model_name="t", model_cfg=TINY_MODEL_CFG).backbone.open_clip_state_dict().keys()
+    assert state.keys() == tiny_model("CLIP", TINY_MODEL_CFG).backbone.open_clip_state_dict().keys()

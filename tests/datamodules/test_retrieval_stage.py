@@ -39,7 +39,7 @@ WORDS = ["cat", "dog", "tree", "car", "house", "boat", "bird", "lamp", "cup", "s
 
 def _model(seed=0):
     torch.manual_seed(seed)
-    return zoo.CLIP(model_name="t", model_cfg=TINY_MODEL_CFG).eval()
+    return zoo.CLIP(backbone={"model_name": "t", "model_cfg": TINY_MODEL_CFG}).eval()
 
 
 def _write_corpus(root):
@@ -324,7 +324,7 @@ def test_clear_errors(built, tmp_path):
     assert len(load_templates("default")) == 80 and load_templates(None)[0] == "a bad photo of a {c}."
     wide = dict(TINY_MODEL_CFG, embed_dim=16)
     torch.manual_seed(0)
-    other = zoo.CLIP(model_name="t", model_cfg=wide).eval()
+    other = zoo.CLIP(backbone={"model_name": "t", "model_cfg": wide}).eval()
     with pytest.raises(ValueError, match="dimension 16, the index in 32"):
         retrieve(other, built["index"], CLASSES, tmp_path / "out", TEMPLATES)
     with pytest.raises(ValueError, match="another model"):

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import train
-import zoo
-from tests.conftest import negative_caption_batch
+from tests.conftest import negative_caption_batch, tiny_model
 
 CAPTIONS = ["a red circle", "a blue square", "a red circle", "two green stars", "a cross", "a yellow hexagon"]
 NEGATIVES = [["a blue circle", "circle red a"], ["a red square", None], [None, None],
@@ -39,7 +38,7 @@ def _grads(model):
 @pytest.mark.parametrize("k", [2, 3])
 def test_micro_batches_equal_one_batch(tiny_cfg, method, kwargs, k):
     torch.manual_seed(0)
-    model = getattr(zoo, method)(model_name="t", model_cfg=tiny_cfg, **kwargs)
+    model = tiny_model(method, tiny_cfg, **kwargs)
     if method == "REACT":  # open the gates so the new blocks take part
         with torch.no_grad():
             for name, param in model.named_parameters():

@@ -7,6 +7,7 @@ from torch import nn
 
 import train
 import zoo
+from tests.conftest import tiny_model
 from zoo.base import ZooModule, no_decay_by_module_type
 
 
@@ -39,7 +40,7 @@ def test_default_no_decay_rule_goes_by_module_type_not_by_name():
 
 
 def test_clip_family_keeps_open_clips_rule(tiny_cfg):
-    model = zoo.REACT(model_name="t", model_cfg=tiny_cfg, gated_layers=1)
+    model = zoo.REACT(backbone={"model_name": "t", "model_cfg": tiny_cfg}, gated_layers=1)
     markers = ("bias", "ln", "norm", "bn", "embedding", "logit_scale", "logit_bias")
     expected = {n for n, p in model.named_parameters() if p.ndim < 2 or any(m in n for m in markers)}
     assert model.no_weight_decay() == expected
@@ -83,11 +84,11 @@ def test_accumulation_clips_gradients_and_drops_leftover_micro_batches_at_epoch_
 
 def test_micro_batches_waiting_for_their_step_are_saved_and_restored(tiny_clip):
     batch = {"image": torch.randn(2, 3, 32, 32), "text": torch.ones(2, 16, dtype=torch.long), "caption": ["a", "b"]}
-    model = zoo.CLIP(model_name="t", model_cfg=tiny_clip.hparams.model_cfg, contrastive_accumulation=3)
+    model = tiny_model("CLIP", tiny_clip.hparams.backbone["model_cfg"], contrastive_accumulation=3)
     model._pending, model._dropped_micro_batches = [batch], 5
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     model.on_save_checkpoint(checkpoint)
-    resumed = zoo.CLIP(model_name="t", model_cfg=tiny_clip.hparams.model_cfg, contrastive_accumulation=3)
+    resumed = tiny_model("CLIP", tiny_clip.hparams.backbone["model_cfg"], contrastive_accumulation=3)
     resumed._trainer = object()  # resuming a fit, not only loading weights
     resumed.on_load_checkpoint(checkpoint)
     assert resumed._dropped_micro_batches == 5 and len(resumed._pending) == 1

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import Trainer
 
 import zoo
+from tests.conftest import tiny_model
 from zoo.base import warmup_cosine
 
 
@@ -56,7 +57,7 @@ def test_logit_scale_is_one_dimensional_and_clamped(tiny_clip):
 
 @pytest.mark.parametrize("lock_image, lock_text", [(True, False), (False, True)])
 def test_locked_towers_get_no_gradient(tiny_cfg, lock_image, lock_text):
-    model = zoo.CLIP(model_name="t", model_cfg=tiny_cfg, lock_image=lock_image, lock_text=lock_text)
+    model = tiny_model("CLIP", tiny_cfg, lock_image=lock_image, lock_text=lock_text)
     images, tokens = _inputs(model)
     model.losses({"image": images, "text": tokens})["contrastive_loss"].backward()
     visual = [p.grad for p in model.backbone.model.visual.parameters()]
@@ -94,7 +95,7 @@ def test_warmup_cosine_schedule():
 
 def test_bad_model_cfg_is_rejected():
     with pytest.raises(ValueError, match="embed_dim"):
-        zoo.CLIP(model_cfg={"vision_cfg": {}})
+        zoo.CLIP(backbone={"model_cfg": {"vision_cfg": {}}})
 
 
 def test_checkpoint_round_trip_in_fresh_process(tiny_clip, tmp_path):
@@ -131,10 +132,10 @@ def test_checkpoint_round_trip_in_fresh_process(tiny_clip, tmp_path):
 
 def test_saved_hparams_do_not_refetch_pretrained(tiny_clip, tmp_path):
     weights = tiny_clip.export_open_clip(tmp_path / "export")
-    model = zoo.CLIP(model_name="t", model_cfg=tiny_clip.hparams.model_cfg, pretrained=str(weights))
+    model = tiny_model("CLIP", tiny_clip.hparams.backbone["model_cfg"], pretrained=str(weights))
     checkpoint = {"hyper_parameters": dict(model.hparams)}
     model.on_save_checkpoint(checkpoint)
-    assert checkpoint["hyper_parameters"]["pretrained"] is None
+    assert checkpoint["hyper_parameters"]["backbone"]["pretrained"] is None
 
 
 def test_open_clip_export_round_trip(tiny_clip, tmp_path):
@@ -157,7 +158,7 @@ def test_open_clip_export_round_trip(tiny_clip, tmp_path):
         assert torch.equal(model.encode_text(tokens, normalize=True), tiny_clip.encode_text(tokens))
         assert model.logit_scale.item() == pytest.approx(3.0)
     # and back into the zoo from the exported file
-    again = zoo.CLIP(model_name="t", model_cfg=tiny_clip.hparams.model_cfg, pretrained=str(weights))
+    again = tiny_model("CLIP", tiny_clip.hparams.backbone["model_cfg"], pretrained=str(weights))
     assert torch.equal(again.encode_image(images), tiny_clip.encode_image(images))
 
 
@@ -166,7 +167,7 @@ def test_gradient_checkpointing_keeps_loss_and_gradients(tiny_cfg):
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = zoo.CLIP(model_name="t", model_cfg=tiny_cfg, grad_checkpointing=checkpointing)
+        model = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg, "grad_checkpointing": checkpointing})
         tokens = model.backbone.tokenize(["a", "b c", "d e f", "g"])
         loss = model.losses({"image": images, "text": tokens})["contrastive_loss"]
         loss.backward()
@@ -188,9 +189,9 @@ def test_cosine_schedule_refuses_a_run_without_length(tiny_clip):
 
 def test_compiled_towers_keep_names_and_outputs(tiny_cfg):
     torch.manual_seed(0)
-    eager = zoo.CLIP(model_name="t", model_cfg=tiny_cfg).eval()
+    eager = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}).eval()
     torch.manual_seed(0)
-    compiled = zoo.CLIP(model_name="t", model_cfg=tiny_cfg, compile={"backend": "eager"}).eval()
+    compiled = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}, compile={"backend": "eager"}).eval()
     assert compiled.backbone.model.visual._compiled_call_impl is not None
     assert compiled.backbone.model.transformer._compiled_call_impl is not None
     assert compiled.state_dict().keys() == eager.state_dict().keys()

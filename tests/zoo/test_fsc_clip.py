@@ -14,7 +14,7 @@ def _batch(model):
 
 def test_zero_weights_give_exactly_the_clip_loss(tiny_cfg):
     torch.manual_seed(0)
-    model = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg, lambda_global=0.0, lambda_local=0.0)
+    model = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}, lambda_global=0.0, lambda_local=0.0)
     batch = _batch(model)
     terms = model.losses(batch)
     total = sum(terms.values())
@@ -26,19 +26,19 @@ def test_zero_weights_give_exactly_the_clip_loss(tiny_cfg):
 
 def test_terms_and_switches(tiny_cfg):
     torch.manual_seed(0)
-    model = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg)
+    model = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg})
     terms = model.losses(_batch(model))
     assert set(terms) == {"contrastive_loss", "global_hn_loss", "local_hn_loss"}
     assert all(torch.isfinite(v) and v > 0 for v in terms.values())
     sum(terms.values()).backward()
     assert all(p.grad is not None for p in model.backbone.model.visual.transformer.parameters())
-    model = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg, use_local=False)
+    model = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}, use_local=False)
     assert set(model.losses(_batch(model))) == {"contrastive_loss", "global_hn_loss"}
 
 
 def test_local_loss_trains_both_towers(tiny_cfg):
     torch.manual_seed(0)
-    model = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg, use_global=False)
+    model = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}, use_global=False)
     batch = _batch(model)
     model.losses(batch)["local_hn_loss"].backward()
     # the local loss trains both towers (patch tokens and word tokens)
@@ -47,7 +47,7 @@ def test_local_loss_trains_both_towers(tiny_cfg):
 
 
 def test_needs_negatives(tiny_cfg):
-    model = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg)
+    model = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg})
     batch = _batch(model)
     del batch["negatives"]
     with pytest.raises(ValueError, match="hard_negatives"):

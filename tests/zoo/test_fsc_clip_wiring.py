@@ -37,7 +37,7 @@ PINNED = {
 
 def _model(tiny_cfg):
     torch.manual_seed(0)
-    return zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg, **SETTINGS).eval()
+    return zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}, **SETTINGS).eval()
 
 
 def _text_mask(tokens: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import zoo
+from tests.conftest import tiny_model
 from zoo.backbones.openclip import lora_targets
 
 
 def _model(tiny_cfg, **kwargs):
     torch.manual_seed(0)
-    return zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg, lora_rank=4, lora_alpha=1.0, **kwargs)
+    return tiny_model("FSCCLIP", tiny_cfg, lora_rank=4, lora_alpha=1.0, **kwargs)
 
 
 def _inputs(model):
@@ -24,7 +25,7 @@ def _adapters(model):
 
 def test_adapters_leave_the_model_exactly_unchanged_at_step_0(tiny_cfg):
     torch.manual_seed(0)
-    base = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg).eval()
+    base = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}).eval()
     model = _model(tiny_cfg).eval()
     images, tokens = _inputs(model)
     assert torch.equal(model.encode_image(images), base.encode_image(images))
@@ -86,7 +87,7 @@ def _negatives(model):
 def test_merged_export_loads_in_plain_open_clip(tiny_cfg, tmp_path):
     model = _model(tiny_cfg)
     with torch.no_grad():  # trained-looking adapters: B = 0 would make the merge trivial
-        for name, param in _adapters(model).items():
+        for param in _adapters(model).values():
             param.normal_(std=0.2)
     model.eval()
     images, tokens = _inputs(model)
@@ -101,7 +102,7 @@ def test_merged_export_loads_in_plain_open_clip(tiny_cfg, tmp_path):
         assert (ours - theirs).abs().max().item() <= max(report[tower], 1e-6) * 10
         assert report[tower] < 1e-5
     torch.manual_seed(0)
-    base = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg).eval()
+    base = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}).eval()
     assert (base.encode_image(images) - model.encode_image(images)).abs().max() > 1e-3  # adapters mattered
 
 
@@ -118,7 +119,7 @@ def test_checkpoint_round_trip_rebuilds_the_adapters(tiny_cfg):
 
 def test_plain_open_clip_weights_load_as_the_frozen_base(tiny_cfg):
     torch.manual_seed(5)
-    plain = zoo.FSCCLIP(model_name="t", model_cfg=tiny_cfg).eval()
+    plain = zoo.FSCCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}).eval()
     model = _model(tiny_cfg).eval()  # other random base weights
     images, tokens = _inputs(model)
     model.backbone.load_open_clip_state_dict(plain.backbone.open_clip_state_dict())

@@ -9,6 +9,7 @@ import torch
 from torch.nn.utils import parametrize
 
 import zoo
+from tests.conftest import tiny_model
 from zoo.backbones.lora import merged_state_dict
 
 RANK, ALPHA = 4, 2.0
@@ -17,9 +18,9 @@ SCALE = 0.5  # α / r, written out: the test must not read it back from the adap
 
 def _models(tiny_cfg):
     torch.manual_seed(0)
-    base = zoo.CLIP(model_name="t", model_cfg=tiny_cfg).eval()
+    base = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}).eval()
     torch.manual_seed(0)
-    adapted = zoo.CLIP(model_name="t", model_cfg=tiny_cfg, lora_rank=RANK, lora_alpha=ALPHA).eval()
+    adapted = tiny_model("CLIP", tiny_cfg, lora_rank=RANK, lora_alpha=ALPHA).eval()
     generator = torch.Generator().manual_seed(3)
     expected = {}  # open_clip weight name -> W + (α/r)·B·A
     base_weights = base.backbone.model.state_dict()

@@ -9,7 +9,7 @@ from zoo.losses import negclip_loss
 @pytest.fixture
 def negclip(tiny_cfg):
     torch.manual_seed(0)
-    return zoo.NegCLIP(model_name="t", model_cfg=tiny_cfg)
+    return zoo.NegCLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg})
 
 
 def _batch(model):
@@ -52,4 +52,4 @@ def test_missing_negatives_are_explained(negclip):
 
 def test_hparams_round_trip(negclip):
     assert negclip.hparams.mask_same_image is True
-    assert negclip.hparams.model_cfg["embed_dim"] == 32
+    assert negclip.hparams.backbone["model_cfg"]["embed_dim"] == 32

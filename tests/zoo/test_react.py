@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import zoo
+from tests.conftest import tiny_model
 from zoo.losses import contrastive_loss, unicl_loss
 from zoo.react import GatedAttentionBlock, react_state_dict
 
@@ -38,7 +39,7 @@ def test_unicl_with_unique_captions_at_threshold_one_is_the_clip_loss():
 
 def _react(tiny_cfg, **kwargs):
     torch.manual_seed(0)
-    return zoo.REACT(model_name="t", model_cfg=tiny_cfg, gated_layers=2, **kwargs)
+    return tiny_model("REACT", tiny_cfg, gated_layers=2, **kwargs)
 
 
 def _inputs(model):
@@ -48,7 +49,7 @@ def _inputs(model):
 
 def test_zero_gates_leave_the_image_tower_bit_identical(tiny_cfg):
     torch.manual_seed(0)
-    clip = zoo.CLIP(model_name="t", model_cfg=tiny_cfg).eval()
+    clip = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg}).eval()
     react = _react(tiny_cfg).eval()
     images, _ = _inputs(react)
     assert torch.equal(react.encode_image(images), clip.encode_image(images))
@@ -97,7 +98,8 @@ def test_released_checkpoint_names_load(tiny_cfg, tmp_path):
     source = _react(tiny_cfg)
     released = {f"module.{k}": v.clone() for k, v in source.backbone.open_clip_state_dict().items()}
     gate = "visual.transformer.resblocks.1.gated_attn_block.alpha_attn"
-    assert f"module.{gate}" in released and "module.visual.transformer.resblocks.1.gated_attn_block.mlp.c_fc.weight" in released
+    assert f"module.{gate}" in released
+    assert "module.visual.transformer.resblocks.1.gated_attn_block.mlp.c_fc.weight" in released
     released[f"module.{gate}"] = torch.tensor(0.7)  # released gates are 0-d
     torch.save({"state_dict": released}, tmp_path / "react.pt")
     loaded = _react(tiny_cfg, react_checkpoint=str(tmp_path / "react.pt"))

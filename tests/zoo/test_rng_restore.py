@@ -30,23 +30,23 @@ def _trainer() -> Trainer:
 
 
 def test_resuming_a_fit_restores_the_rng_states(tiny_cfg):
-    model = zoo.CLIP(model_name="t", model_cfg=tiny_cfg)
+    model = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg})
     torch.manual_seed(11), random.seed(12), np.random.seed(13)
     checkpoint = _checkpoint(model)
     after_save = _draws()  # what an uninterrupted run draws next
     assert _draws() != after_save  # the streams moved on
-    resumed = zoo.CLIP(model_name="t", model_cfg=tiny_cfg)
+    resumed = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg})
     resumed.trainer = _trainer()  # resuming a fit: the module is attached to a trainer
     resumed.on_load_checkpoint(checkpoint)
     assert _draws() == after_save
 
 
 def test_loading_weights_leaves_the_rng_states_alone(tiny_cfg):
-    model = zoo.CLIP(model_name="t", model_cfg=tiny_cfg)
+    model = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg})
     torch.manual_seed(11), random.seed(12), np.random.seed(13)
     checkpoint = _checkpoint(model)
     after_save = _draws()
-    loaded = zoo.CLIP(model_name="t", model_cfg=tiny_cfg)  # built first: building draws random weights
+    loaded = zoo.CLIP(backbone={"model_name": "t", "model_cfg": tiny_cfg})  # built first: building draws random weights
     torch.manual_seed(21), random.seed(22), np.random.seed(23)
     expected = _draws()
     torch.manual_seed(21), random.seed(22), np.random.seed(23)

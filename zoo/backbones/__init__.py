@@ -1,5 +1,5 @@
 """Pure-torch backbones shared by the zoo's methods."""
 
-from zoo.backbones.openclip import OpenCLIPBackbone
+from zoo.backbones.openclip import OpenCLIPBackbone, OpenCLIPConfig
 
-__all__ = ["OpenCLIPBackbone"]
+__all__ = ["OpenCLIPBackbone", "OpenCLIPConfig"]

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import open_clip
 import torch
@@ -96,6 +96,24 @@ def image_size(model: open_clip.CLIP) -> tuple[int, int]:
     """An open_clip model's input ``(height, width)`` (its config may give one int)."""
     size = model.visual.image_size
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class OpenCLIPConfig(TypedDict, total=False):
+    """The arguments of :class:`OpenCLIPBackbone`, passed through a method once (``backbone:`` in YAML,
+    ``--model.init_args.backbone.pretrained openai`` on the command line); keys left out take the
+    backbone's defaults, unknown keys are refused by name."""
+
+    model_name: str
+    pretrained: str | None
+    model_cfg: dict[str, Any] | None
+    lock_image: bool
+    lock_text: bool
+    grad_checkpointing: bool
+    cache_dir: str | None
+    lora_rank: int
+    lora_alpha: float
+    lora_towers: list[str]
+    train_augmentation: dict[str, Any] | None
 
 
 class OpenCLIPBackbone(nn.Module):
