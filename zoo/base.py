@@ -12,6 +12,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
@@ -171,11 +172,14 @@ class ZooModule(LightningModule):
 
     def configure_callbacks(self) -> list:
         """Take the trainer's gradient clipping over in manual optimisation (Lightning refuses
-        ``gradient_clip_val`` there): :meth:`_accumulated_step` clips with it before stepping."""
+        ``gradient_clip_val`` there): :meth:`_accumulated_step` clips with it before stepping. DeepSpeed
+        clips inside its own step, so there the value goes into its config (``gradient_clipping``)."""
         trainer = self.trainer
         if not self.automatic_optimization and trainer.gradient_clip_val:
             algorithm = trainer.gradient_clip_algorithm or "norm"
             self._gradient_clipping = (float(trainer.gradient_clip_val), str(getattr(algorithm, "value", algorithm)))
+            if isinstance(trainer.strategy, DeepSpeedStrategy) and isinstance(trainer.strategy.config, dict):
+                trainer.strategy.config.setdefault("gradient_clipping", self._gradient_clipping[0])
             trainer.gradient_clip_val = None
         return []
 

@@ -93,3 +93,18 @@ def test_micro_batches_waiting_for_their_step_are_saved_and_restored(tiny_clip):
     resumed.on_load_checkpoint(checkpoint)
     assert resumed._dropped_micro_batches == 5 and len(resumed._pending) == 1
     assert torch.equal(resumed._pending[0]["image"], batch["image"]) and resumed._pending[0]["caption"] == ["a", "b"]
+
+
+def test_deepspeed_gets_the_clipping_in_its_own_config(tiny_cfg):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # DeepSpeed itself is not installed here
+    strategy.config = {"zero_optimization": {"stage": 2}}
+    trainer = SimpleNamespace(gradient_clip_val=0.5, gradient_clip_algorithm=None, strategy=strategy)
+    model = tiny_model("CLIP", tiny_cfg, contrastive_accumulation=2)
+    model._trainer = trainer
+    assert model.configure_callbacks() == []
+    assert strategy.config["gradient_clipping"] == 0.5  # DeepSpeed clips inside its step
+    assert trainer.gradient_clip_val is None and model._gradient_clipping == (0.5, "norm")
