@@ -13,6 +13,7 @@ from torch import nn
 from zoo.backbones import OpenCLIPBackbone, OpenCLIPConfig
 from zoo.base import ZooModule
 from zoo.checkpoints import file_or_name
+from zoo.inputs import Images, Texts, image_batch, text_list
 from zoo.losses import contrastive_loss
 
 
@@ -55,18 +56,32 @@ class CLIP(ZooModule):
             "eval_transform": self.backbone.image_transform(train=False),
         }
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Image embeddings ``[B, D]`` (L2-normalised by default)."""
-        return self.backbone.encode_image(images, normalize=normalize)
+    def encode_image(self, images: Images, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings ``[B, D]`` (L2-normalised by default).
 
-    def encode_text(self, texts: torch.Tensor | list[str], normalize: bool = True) -> torch.Tensor:
-        """Text embeddings ``[N, D]`` from token ids or raw strings (tokenised with the backbone's tokenizer)."""
-        tokens = self.backbone.tokenize(texts) if isinstance(texts, (list, tuple)) else texts
-        return self.backbone.encode_text(tokens, normalize=normalize)
+        ``images``: a PIL image or a list of them (the model's own eval transform, ``data_transforms()
+        ["eval_transform"]``, is applied), or tensors that transform made (``[B, 3, H, W]``, one
+        ``[3, H, W]`` or a list of them); moved to the model's device and dtype."""
+        batch = image_batch(images, self._eval_transform())
+        weight = self.backbone.model.logit_scale
+        return self.backbone.encode_image(batch.to(weight.device, weight.dtype), normalize=normalize)
 
-    def similarity(self, images: torch.Tensor, texts: torch.Tensor | list[str]) -> torch.Tensor:
-        """Cosine similarities ``[B, N]`` between images and texts."""
+    def encode_text(self, texts: Texts, normalize: bool = True) -> torch.Tensor:
+        """Text embeddings ``[N, D]`` from one string, a list of strings (tokenised with the backbone's
+        tokenizer) or token ids ``[N, L]``."""
+        texts = text_list(texts)
+        tokens = self.backbone.tokenize(texts) if isinstance(texts, list) else texts
+        return self.backbone.encode_text(tokens.to(self.backbone.model.logit_scale.device), normalize=normalize)
+
+    def similarity(self, images: Images, texts: Texts) -> torch.Tensor:
+        """Cosine similarities ``[B, N]`` between images and texts (both as :meth:`encode_image` and
+        :meth:`encode_text` take them)."""
         return self.encode_image(images) @ self.encode_text(texts).T
+
+    def _eval_transform(self) -> Callable:
+        if getattr(self, "_eval_transform_cache", None) is None:
+            self._eval_transform_cache = self.backbone.image_transform(train=False)
+        return self._eval_transform_cache
 
     def export_open_clip(self, out_dir: str | Path) -> Path:
         """Export to an open_clip ``local-dir:`` folder; returns the weights file."""
