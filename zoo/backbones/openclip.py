@@ -27,6 +27,10 @@ from torch import nn
 from zoo.backbones.lora import add_lora, has_lora, merged_state_dict, parameter_table
 
 MAX_LOGIT_SCALE = 100.0
+# the zoo's own architectures (the configs' tiny ViT), registered with open_clip when zoo is imported, so
+# an export loads by name too: open_clip.create_model("vlzoo-tiny-vit", pretrained=".../open_clip_pytorch_model.bin")
+MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIGS)
 # open_clip's no-weight-decay rule (its training script: <2-d, "bn", "ln", "bias", "logit_scale") plus
 # norms and embeddings (positional, class, token embeddings) and SigLIP's logit bias
 NO_DECAY_MARKERS = ("bias", "ln", "norm", "bn", "embedding", "logit_scale", "logit_bias")
