@@ -8,6 +8,8 @@ directory come from the spec, else from the data module's ShapesWorld config whe
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,10 +93,13 @@ def load_benchmarks(
     """Benchmarks from specs ``{"kind": ..., **loader arguments}``. ``{"kind": "shapesworld", ...}`` is every
     ShapesWorld counterpart (:func:`shapesworld_suite`), generated offline on first use with the seed and
     image size of ``datamodule``'s ShapesWorld config if it has one; ``classification`` needs the model's
-    eval ``transform``."""
+    eval ``transform``. A spec with an unknown kind or argument fails naming its index and kind, the
+    accepted ones and the closest match."""
     from datamodules.benchmarks import sugarcrepe
 
     loaders = _loaders()
+    for index, spec in enumerate(specs):  # every spec checked before anything is read or generated
+        check_spec(index, spec.get("kind"), {k: v for k, v in spec.items() if k != "kind"}, loaders)
     benchmarks: list[Benchmark] = []
     for spec in specs:
         spec = dict(spec)
@@ -109,12 +114,42 @@ def load_benchmarks(
                 loaded.append(benchmark)
         elif kind == "classification":
             loaded = load_classification(transform=transform, **spec)
-        elif kind in loaders:
-            loaded = loaders[kind](**spec)
         else:
-            raise ValueError(f"unknown benchmark kind {kind!r}; known: {sorted([*loaders, 'shapesworld'])}")
+            loaded = loaders[kind](**spec)
         benchmarks.extend(loaded if isinstance(loaded, list) else [loaded])
     return benchmarks
+
+
+def spec_arguments(kind: str, loaders: dict[str, Loader]) -> tuple[list[str], list[str]]:
+    """(accepted, required) arguments of a spec of ``kind`` (besides ``kind``)."""
+    from datamodules.benchmarks import sugarcrepe
+
+    if kind == "shapesworld":
+        return list(SHAPESWORLD_OPTIONS), []
+    function = {"brittleness": sugarcrepe.load_sugarcrepe_pp, "classification": load_classification}.get(kind)
+    parameters = inspect.signature(function or loaders[kind]).parameters.values()
+    named = [p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "transform"]
+    return [p.name for p in named], [p.name for p in named if p.default is p.empty]
+
+
+def check_spec(index: int, kind: Any, spec: dict[str, Any], loaders: dict[str, Loader]) -> None:
+    """Refuse, before loading anything, a spec whose kind or arguments are wrong, naming the spec."""
+    kinds = sorted([*loaders, "shapesworld", "brittleness", "classification"])
+    if kind not in kinds:
+        hint = _closest(str(kind), kinds)
+        raise ValueError(f"suite spec {index}: unknown benchmark kind {kind!r}{hint}; known kinds: {kinds}")
+    accepted, required = spec_arguments(kind, loaders)
+    unknown = [key for key in spec if key not in accepted]
+    missing = [key for key in required if key not in spec]
+    if unknown or missing:
+        problems = [f"unknown argument {key!r}{_closest(key, accepted)}" for key in unknown]
+        problems += [f"missing required argument {key!r}" for key in missing]
+        raise ValueError(f"suite spec {index} (kind {kind!r}): {'; '.join(problems)}; accepted arguments: {accepted}")
+
+
+def _closest(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def specs_from_config(path: str | Path) -> list[dict[str, Any]]:

@@ -105,3 +105,30 @@ def test_compare_writes_a_table_and_a_chart_per_family(tmp_path):
     assert "| sugarcrepe/swap_att | accuracy | 50.0 | 75.0 |" in table
     assert "| winoground | text_score | 25.0 | – |" in table
     assert sorted(p.name for p in (tmp_path / "cmp").glob("*.png")) == ["sugarcrepe.png", "winoground.png"]
+
+
+SPEC_ERRORS = [
+    (
+        {"kind": "clasification", "root": "x"},
+        r"suite spec 1: unknown benchmark kind 'clasification' \(did you mean 'classification'\?\).*'brittleness'",
+    ),
+    (
+        {"kind": "classification", "root": "x", "class_names": ["a"]},
+        r"suite spec 1 \(kind 'classification'\): unknown argument 'class_names' \(did you mean 'classnames'\?\); "
+        r"accepted arguments: \['root', 'split', 'classnames'",
+    ),
+    ({"kind": "winoground"}, r"suite spec 1 \(kind 'winoground'\): missing required argument"),
+    (
+        {"kind": "shapesworld", "per_klass": 2},
+        r"suite spec 1 \(kind 'shapesworld'\): unknown argument 'per_klass' \(did you mean 'per_class'\?\)",
+    ),
+    ({"root": "x"}, r"suite spec 1: unknown benchmark kind None"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), SPEC_ERRORS)
+def test_spec_errors_name_the_entry_the_accepted_keys_and_the_closest_match(spec, message, tmp_path):
+    fine = {"kind": "shapesworld", "n": 4, "n_spatial": 1, "per_class": 1, "benchmark_dir": str(tmp_path)}
+    with pytest.raises(ValueError, match=message):
+        load_benchmarks([fine, spec], None, lambda image: image)
+    assert not any(tmp_path.iterdir())  # checked before anything is generated
