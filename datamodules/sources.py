@@ -6,7 +6,9 @@ their EXIF orientation. Bad input never passes silently: a missing or corrupt im
 or a malformed manifest raises :class:`CorruptSampleError` naming the file and the sample key, unless
 the reader was built with ``skip_corrupt=True``, in which case the sample is skipped, counted and
 replaced: by :class:`~datamodules.samples.Samples` for a map-style source (which returns ``None`` in
-its place), by :meth:`WebDatasetSource.epoch_records` itself for a stream.
+its place), by :meth:`WebDatasetSource.epoch_records` itself for a stream. A truncated webdataset shard
+raises :class:`CorruptSampleError` naming the shard and its last good sample ("truncated shard"), or,
+with ``skip_corrupt=True``, the rest of that shard is skipped with a counted warning.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from datamodules.hard_negatives import sample_rng
+from datamodules.shards import TruncatedShard, share_samples
 from zoo.losses import distributed
 
 log = logging.getLogger(__name__)
-
 
 
 def _readable_extensions() -> tuple[str, ...]:
@@ -48,18 +50,24 @@ class CorruptSampleError(ValueError):
 
 
 class SkipCounter:
-    """Counts skipped (and replaced) samples in this process and logs a warning for each; the last
-    messages are kept for an error that has to name them (``recent``)."""
+    """Counts skipped (and replaced) samples and truncated shards in this process and logs a warning for
+    each; the last messages are kept for an error that has to name them (``recent``)."""
 
     def __init__(self) -> None:
         self.count = 0
         self.replaced = 0
+        self.truncated = 0
         self.recent: deque[str] = deque(maxlen=8)
 
     def skip(self, error: Exception) -> None:
         self.count += 1
         self.recent.append(str(error))
         log.warning("skipped corrupt sample (%d skipped so far in this process): %s", self.count, error)
+
+    def skip_shard(self, error: Exception) -> None:
+        self.truncated += 1
+        self.recent.append(str(error))
+        log.warning("skipped the rest of a truncated shard (%d so far in this process): %s", self.truncated, error)
 
     def replace(self, skipped: str, substitute: str) -> None:
         self.replaced += 1
@@ -242,6 +250,12 @@ class WebDatasetSource(IterableDataset):
     its shards hold samples (equal batches, and as many, on every rank), and the substitute is the same
     whether the pass ran straight through or resumed mid-way.
 
+    A truncated shard (its tar data ends before the end-of-archive marker: an interrupted download or
+    copy) raises :class:`CorruptSampleError` naming the shard and its last good sample; with
+    ``skip_corrupt`` the rest of that shard is skipped with a counted warning and the share goes on with
+    its next shard. The samples lost are unknown in number, so that share yields fewer records (see
+    :meth:`epoch_records` for how positions count them).
+
     Args:
         urls: shard paths or URLs, or a brace pattern (``shards-{000000..000099}.tar``).
         shuffle: sample shuffle buffer (0: shards and samples in order).
@@ -269,8 +283,9 @@ class WebDatasetSource(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.epoch_records(epoch=0)
 
-    def _share(self, epoch: int, role: int) -> tuple[list[str], Iterator[dict[str, Any]]]:
-        """The shard URLs of this rank's share ``role`` in pass ``epoch``, and its raw samples in order."""
+    def _share(self, epoch: int, role: int, quiet: bool = False) -> tuple[list[str], Iterator[dict[str, Any]]]:
+        """The shard URLs of this rank's share ``role`` in pass ``epoch``, and its raw samples in order
+        (``quiet``: a truncated shard is skipped without a word, for a share read a second time)."""
         rank, world_size, num_workers = distributed.rank(), distributed.world_size(), _worker()[1]
         patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
         urls = [url for pattern in patterns for url in wds.shardlists.expand_urls(pattern)]
@@ -283,7 +298,7 @@ class WebDatasetSource(IterableDataset):
         if self.shuffle:
             sample_rng(self.seed, epoch, "shards", "shuffle").shuffle(urls)
         urls = urls[rank::world_size][role::num_workers]
-        samples = wds.tarfile_to_samples()(iter([{"url": url} for url in urls]))
+        samples = share_samples(urls, (lambda _: None) if quiet else self._truncated)
         if self.shuffle:
             rng = sample_rng(self.seed, epoch, f"rank{rank}/share{role}", "shuffle")
             samples = wds.shuffle(self.shuffle, rng=rng)(samples)
@@ -295,6 +310,12 @@ class WebDatasetSource(IterableDataset):
         ``role`` is the worker whose share this worker reads (default: its own id); a resumed epoch
         rotates the shares so the DataLoader's round robin continues where it stopped. A replaced corrupt
         sample keeps its own ``position`` (a resume skips it like any other).
+
+        Samples lost to a truncated shard (those after its last good one, which were never read) take no
+        position: positions count the samples the share's shards actually yield, so the next shard's
+        first sample follows the last good one. A resume reads the truncated shard's head again without
+        decoding it, meets the cut at the same sample and goes on with the next shard: no lost sample is
+        read, counted or skipped twice.
         """
         role = _worker()[0] if role is None else role
         urls, samples = self._share(epoch, role)
@@ -314,13 +335,19 @@ class WebDatasetSource(IterableDataset):
             pending = []
             yield {**record, "position": position}
         if pending:  # corrupt samples at the end of the share: its first good sample stands in
-            record = next((r for r in map(self._decode_quietly, self._share(epoch, role)[1]) if r is not None), None)
+            share = self._share(epoch, role, quiet=True)[1]
+            record = next((r for r in map(self._decode_quietly, share) if r is not None), None)
             if record is None:
                 raise CorruptSampleError(
                     f"every sample of shards {urls} is corrupt (skip_corrupt): nothing to replace them with; "
                     f"last skipped: {'; '.join(self.skipped.recent)}"
                 )
             yield from self._replace(pending, record)
+
+    def _truncated(self, error: TruncatedShard) -> None:
+        if not self.skip_corrupt:
+            raise CorruptSampleError(str(error)) from error
+        self.skipped.skip_shard(error)
 
     def _replace(self, pending: list[tuple[int, str]], record: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for position, where in pending:
