@@ -12,6 +12,28 @@ from lightning.pytorch import LightningModule, Trainer
 from callbacks.embedding import EpochEndEvaluation, embed_images, embed_texts
 
 
+def pessimistic_rank(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Rank of each query's best positive with every tie against a negative counted as lost.
+
+    ``rank[q] = 1 + #{j : not positive[q, j] and scores[q, j] >= max_p {scores[q, p] : positive[q, p]}}``.
+    A query is right at K when ``rank <= K``: ties count as failures, whatever order ``torch.topk`` or
+    ``sort`` would give equal scores, so permuting the gallery never changes a rank. Ties between
+    positives cost nothing (only negatives are counted). A query without a positive gets
+    ``gallery + 1``; a NaN score counts against the query (a NaN negative beats every positive; a NaN
+    best positive loses to every negative).
+
+    Args:
+        scores: ``[Q, G]`` similarities of each query to the gallery.
+        positive: ``[Q, G]`` bool, True where the gallery item is a right answer for the query.
+
+    Returns:
+        ``[Q]`` int64 ranks in ``[1, G + 1]``.
+    """
+    positive = positive.bool()
+    best = scores.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
+    return 1 + (~(scores < best) & ~positive).sum(dim=1)
+
+
 def retrieval_recall(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -23,8 +45,10 @@ def retrieval_recall(
 
     As clip_benchmark and the COCO / Flickr30k protocols: a text query is right at K when its own
     image is among the K most similar images; an image query is right at K when *any* of its captions
-    is among the K most similar texts. Similarities are computed ``chunk_size`` queries at a time, so
-    memory stays O(images + captions + chunk x max(images, captions)).
+    is among the K most similar texts. Ties count as failures (:func:`pessimistic_rank`): a query is
+    right at K when fewer than K wrong items score at least as high as its best right one (K larger
+    than the gallery: every query with a right item). Similarities are computed ``chunk_size`` queries
+    at a time, so memory stays O(images + captions + chunk x max(images, captions)).
 
     Args:
         image_features: ``[N, D]`` embeddings (normalised for cosine similarity).
@@ -40,17 +64,16 @@ def retrieval_recall(
     i2t_hits = {k: 0 for k in ks}
     for start in range(0, n_texts, chunk_size):
         scores = text_features[start : start + chunk_size] @ image_features.T
-        top = scores.topk(min(max(ks), n_images), dim=1).indices
-        correct = top == text_to_image[start : start + chunk_size, None]
+        own = text_to_image[start : start + chunk_size, None]
+        rank = pessimistic_rank(scores, own == torch.arange(n_images, device=scores.device))
         for k in ks:
-            t2i_hits[k] += int(correct[:, :k].any(dim=1).sum())
+            t2i_hits[k] += int((rank <= min(k, n_images)).sum())
     for start in range(0, n_images, chunk_size):
         scores = image_features[start : start + chunk_size] @ text_features.T
-        top = scores.topk(min(max(ks), n_texts), dim=1).indices
         own = torch.arange(start, start + len(scores), device=scores.device)
-        correct = text_to_image[top] == own[:, None]
+        rank = pessimistic_rank(scores, text_to_image[None, :] == own[:, None])
         for k in ks:
-            i2t_hits[k] += int(correct[:, :k].any(dim=1).sum())
+            i2t_hits[k] += int((rank <= min(k, n_texts)).sum())
     metrics = {f"i2t_R@{k}": i2t_hits[k] / n_images for k in ks}
     metrics.update({f"t2i_R@{k}": t2i_hits[k] / n_texts for k in ks})
     return metrics

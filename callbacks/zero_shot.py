@@ -3,7 +3,7 @@
 As CLIP / open_clip / clip_benchmark: each class embedding is the L2-normalised mean of the
 L2-normalised embeddings of its prompts (one per template); an image's logits are
 ``100 * image_embedding @ class_embeddings.T``; top-K accuracy and mean per-class recall are
-computed exactly as ``clip_benchmark.metrics.zeroshot_classification`` does (see
+defined as ``clip_benchmark.metrics.zeroshot_classification`` defines them, ties counted as failures (see
 :func:`classification_metrics`).
 """
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
 from callbacks.embedding import embed_texts, progress
+from callbacks.retrieval import pessimistic_rank
 from datamodules.benchmarks.classification import ELEVATER_METRICS
 from datamodules.benchmarks.prompts import Template, class_prompts, format_prompt
 
@@ -87,15 +88,20 @@ def zero_shot_logits(
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Top-K accuracies and mean per-class recall, as clip_benchmark 1.6 computes them.
+    """Top-K accuracies and mean per-class recall, as clip_benchmark 1.6 defines them, ties counted as failures.
 
-    * ``top{k}``: fraction of samples whose label is among the ``k`` highest logits, from one
-      ``logits.topk(max k, sorted=True)`` sliced to ``k`` (clip_benchmark's ``accuracy``; equal logits are
-      ordered as ``torch.topk`` orders them). A ``k`` larger than the number of classes gives NaN, as
+    Both come from one rank per sample, :func:`~callbacks.retrieval.pessimistic_rank`: 1 + the number of
+    other classes whose logit is at least the label's (a tie with another class is lost, whatever order
+    ``torch.topk`` would give equal logits).
+
+    * ``top{k}``: fraction of samples with rank <= ``k``. Without ties this is clip_benchmark's
+      ``accuracy`` (one ``logits.topk(max k)`` sliced to ``k``); with ties clip_benchmark's count depends
+      on PyTorch's tie order and is never lower. A ``k`` larger than the number of classes gives NaN, as
       clip_benchmark reports ``acc5`` for datasets with fewer than 5 classes.
-    * ``mean_per_class_recall``: with ``pred = logits.argmax(1)`` (first maximum on ties), the mean over
-      the classes *present in* ``labels`` of the fraction of that class's samples predicted as it
-      (``sklearn.metrics.balanced_accuracy_score(labels, pred)``); classes absent from ``labels`` do not count.
+    * ``mean_per_class_recall``: the mean over the classes *present in* ``labels`` of the fraction of that
+      class's samples with rank 1. Without ties at the top this is clip_benchmark's
+      ``sklearn.metrics.balanced_accuracy_score(labels, logits.argmax(1))``; a tie at the top, which
+      ``argmax`` gives to the first class, is a failure here.
 
     Args:
         logits: ``[N, C]`` scores.
@@ -111,15 +117,10 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, ks: Seque
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
     if any(k < 1 for k in ks):
         raise ValueError(f"k must be >= 1, got {tuple(ks)}")
-    metrics: dict[str, float] = {}
-    valid = [k for k in ks if k <= num_classes]
-    if valid:
-        top = logits.topk(max(valid), dim=1, largest=True, sorted=True).indices
-        correct = top == labels[:, None]
-    for k in ks:
-        metrics[f"top{k}"] = int(correct[:, :k].any(dim=1).sum()) / n if k <= num_classes else math.nan
-    predictions = logits.argmax(dim=1)
-    recalls = [int((predictions[labels == c] == c).sum()) / int((labels == c).sum()) for c in labels.unique().tolist()]
+    rank = pessimistic_rank(logits, labels[:, None] == torch.arange(num_classes))
+    metrics = {f"top{k}": int((rank <= k).sum()) / n if k <= num_classes else math.nan for k in ks}
+    right = rank == 1
+    recalls = [int(right[labels == c].sum()) / int((labels == c).sum()) for c in labels.unique().tolist()]
     metrics["mean_per_class_recall"] = sum(recalls) / len(recalls)
     return metrics
 

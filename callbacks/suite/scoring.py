@@ -64,9 +64,12 @@ def evaluate_retrieval_set(
     num_workers: int = 2,
     trainer: Trainer | None = None,
 ) -> dict[str, float]:
-    """Recall@1/5/10 both ways on a retrieval set (COCO / Flickr30k Karpathy)."""
+    """Recall@1/5/10 both ways on a retrieval set (COCO / Flickr30k Karpathy), ties counted as failures.
+    Each distinct caption is embedded once, so repeated captions tie exactly whatever the batches or ranks."""
     images = embed_sharded_images(model, data.images, transform, batch_size, num_workers, trainer)
-    texts = embed_sharded_texts(model, data.texts, batch_size, trainer)
+    unique = list(dict.fromkeys(data.texts))
+    position = {text: i for i, text in enumerate(unique)}
+    texts = embed_sharded_texts(model, unique, batch_size, trainer)[torch.tensor([position[t] for t in data.texts])]
     figures = retrieval_recall(images, texts, data.text_to_image)
     return {**figures, "items": len(data.images), "skipped": data.skipped}
 

@@ -15,6 +15,12 @@ where it fails, the tests swap in the same function with ``.item()`` (see :func:
 
 Recall and accuracy are compared as counts (clip_benchmark averages in float32, vlzoo divides in
 float64); mean per-class recall to 1e-12.
+
+Parity holds where no right item ties a wrong one. Under ties (duplicate captions or images, equal
+logits) clip_benchmark's figures depend on the order ``torch.topk`` returns equal scores; vlzoo counts
+every tie as a failure (``callbacks.retrieval.pessimistic_rank``). The tie tests assert vlzoo's value
+against a count by sorting (negatives first among equal scores) and that it is at most clip_benchmark's,
+never clip_benchmark's own tie result.
 """
 
 from __future__ import annotations
@@ -263,10 +269,10 @@ def test_zero_shot_classification_parity(models, tmp_path, cb_accuracy):
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # sklearn, on purpose here
-def test_metric_definitions_match_clip_benchmark_on_random_logits_with_ties(cb_accuracy):
+def test_metric_definitions_match_clip_benchmark_without_ties(cb_accuracy):
     generator = torch.Generator().manual_seed(0)
     for num_classes in (3, 7, 20):
-        logits = torch.randint(0, 4, (200, num_classes), generator=generator).float()  # many ties
+        logits = torch.randn(200, num_classes, generator=generator)  # continuous: no ties
         labels = torch.randint(0, num_classes - 1, (200,), generator=generator)  # last class never present
         ours = classification_metrics(logits, labels, ks=(1, 5))
         ks = (1, 5) if num_classes >= 5 else (1,)
@@ -275,6 +281,28 @@ def test_metric_definitions_match_clip_benchmark_on_random_logits_with_ties(cb_a
         assert ours["top5"] == expected[1] if num_classes >= 5 else math.isnan(ours["top5"])
         balanced = balanced_accuracy_score(labels.numpy(), logits.argmax(dim=1).numpy())
         assert ours["mean_per_class_recall"] == pytest.approx(balanced, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_metric_definitions_under_ties_count_a_tie_as_a_failure(cb_accuracy):
+    """With equal logits, clip_benchmark's top-K is whatever order ``torch.topk`` gives them and its
+    mean per-class recall takes ``argmax``'s first class: vlzoo counts a tie with another class as a
+    failure, so it equals the pessimistic rank's count and is never above clip_benchmark's."""
+    generator = torch.Generator().manual_seed(0)
+    for num_classes in (3, 7, 20):
+        logits = torch.randint(0, 4, (200, num_classes), generator=generator).float()  # many ties
+        labels = torch.randint(0, num_classes - 1, (200,), generator=generator)
+        ours = classification_metrics(logits, labels, ks=(1, 5))
+        rank = (logits >= logits.gather(1, labels[:, None])).sum(dim=1)  # the label and every class tying or above
+        ks = (1, 5) if num_classes >= 5 else (1,)
+        expected = cb_accuracy(logits, labels, topk=ks)
+        for k, theirs in zip(ks, expected):
+            assert ours[f"top{k}"] == int((rank <= k).sum()) / 200 <= theirs
+        right = rank == 1
+        recalls = [int(right[labels == c].sum()) / int((labels == c).sum()) for c in labels.unique()]
+        assert ours["mean_per_class_recall"] == pytest.approx(sum(recalls) / len(recalls), abs=1e-12)
+        assert ours["mean_per_class_recall"] <= balanced_accuracy_score(labels.numpy(), logits.argmax(1).numpy())
+        print(f"{num_classes} classes, ours vs clip_benchmark top-1:", ours["top1"], expected[0])
 
 
 def test_recall_matches_clip_benchmark_on_random_embeddings():
@@ -291,3 +319,93 @@ def test_recall_matches_clip_benchmark_on_random_embeddings():
         i2t = zeroshot_retrieval.recall_at_k(scores.T, positive.T, k) > 0
         assert round(ours[f"t2i_R@{k}"] * 173) == int(t2i.sum())
         assert round(ours[f"i2t_R@{k}"] * 40) == int(i2t.sum())
+
+
+def pessimistic_hits(scores: torch.Tensor, positive: torch.Tensor, k: int) -> torch.Tensor:
+    """Queries right at ``k`` with ties counted as failures, by sorting: negatives before positives
+    among equal scores, then "is a positive among the first k"."""
+    hits = []
+    for row, pos in zip(scores.tolist(), positive.tolist()):
+        order = sorted(range(len(row)), key=lambda j: (-row[j], pos[j]))
+        hits.append(any(pos[j] for j in order[:k]))
+    return torch.tensor(hits)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recall_under_ties_is_pessimistic_and_never_above_clip_benchmark(seed):
+    """Duplicate captions (identical text embeddings) and a duplicate image, on coarse embeddings with
+    many exact ties. clip_benchmark's recall there depends on the order ``torch.topk`` gives equal
+    scores (implementation-defined, not asserted); vlzoo's counts every tie between a right and a
+    wrong item as a failure, so it is the sorted-negatives-first count and at most clip_benchmark's."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 3, (15, 4), generator=generator).float()
+    images[9] = images[4]  # a duplicate image
+    text_to_image = torch.arange(15).repeat_interleave(3)
+    texts = torch.randint(0, 3, (45, 4), generator=generator).float()
+    texts[[7, 22, 40]] = texts[1].clone()  # one caption shared by images 0, 2, 7 and 13
+    ours = retrieval_recall(images, texts, text_to_image, ks=KS, chunk_size=8)
+    scores = texts @ images.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(45), text_to_image] = True
+    for k in KS:
+        theirs_t2i = float((zeroshot_retrieval.recall_at_k(scores, positive, k) > 0).float().mean())
+        theirs_i2t = float((zeroshot_retrieval.recall_at_k(scores.T, positive.T, k) > 0).float().mean())
+        assert ours[f"t2i_R@{k}"] == pytest.approx(float(pessimistic_hits(scores, positive, k).float().mean()))
+        assert ours[f"i2t_R@{k}"] == pytest.approx(float(pessimistic_hits(scores.T, positive.T, k).float().mean()))
+        assert ours[f"t2i_R@{k}"] <= theirs_t2i + 1e-7 and ours[f"i2t_R@{k}"] <= theirs_i2t + 1e-7
+        print(f"R@{k} ours vs clip_benchmark: t2i {ours[f't2i_R@{k}']:.3f} / {theirs_t2i:.3f}, "
+              f"i2t {ours[f'i2t_R@{k}']:.3f} / {theirs_i2t:.3f}")  # fmt: skip
+
+
+def test_flickr30k_parity_with_duplicate_captions_and_images(models, tmp_path):
+    """clip_benchmark's own pipeline on a set with a repeated caption and a repeated image: vlzoo's recall
+    is the sorted-negatives-first count and at most clip_benchmark's. With K = 1 … 7 of 8 images, the two
+    equal images occupy ranks r, r + 1 <= 8 for each other's captions, so some K sees one and not the
+    other: a K where counting the tie as a failure differs from any fixed order of equal scores."""
+    ours_model, transform, theirs_model, preprocess, tokenizer = models
+    ks = tuple(range(1, 8))
+    images = tmp_path / "flickr30k-images"
+    records, lines = [], ["image,caption"]
+    for i in range(8):
+        filename = f"{2000 + i}.jpg"
+        write_noise_image(images / filename, seed=3 if i == 6 else 300 + i)  # image 6 repeats image 3's pixels
+        caps = make_captions(i, 5)
+        if i in (1, 5):
+            caps[2] = "a red dog on the grass"  # the same caption for images 1 and 5
+        records.append({"filename": filename, "split": "test", "imgid": i, "sentences": [{"raw": c} for c in caps]})
+        lines += [f"{filename},{c}" for c in caps]
+    (images / "2003.jpg").write_bytes((images / "2006.jpg").read_bytes())
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": records, "dataset": "flickr30k"}))
+    (tmp_path / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+
+    rset = load_karpathy(tmp_path / "dataset_flickr30k.json", images)
+    loader = rset.dataloader(transform, batch_size=4)
+    image_features = embed_images(ours_model, (batch["image"] for batch in loader))
+    text_features = embed_texts(ours_model, rset.texts, batch_size=16)
+    assert torch.equal(image_features[3], image_features[6])  # exact ties, as the rule's tests assume
+    assert torch.equal(text_features[7], text_features[27])
+    ours = retrieval_recall(image_features, text_features, rset.text_to_image, ks=ks)
+    scores = text_features @ image_features.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(scores)), rset.text_to_image] = True
+    for k in ks:
+        assert ours[f"t2i_R@{k}"] == pytest.approx(float(pessimistic_hits(scores, positive, k).float().mean()))
+        assert ours[f"i2t_R@{k}"] == pytest.approx(float(pessimistic_hits(scores.T, positive.T, k).float().mean()))
+
+    dataset = build_dataset(
+        "flickr30k",
+        root=str(images),
+        transform=preprocess,
+        split="test",
+        annotation_file=str(tmp_path / "flickr30k_test_karpathy.txt"),
+        task="zeroshot_retrieval",
+    )
+    loader = DataLoader(dataset, batch_size=3, collate_fn=image_captions_collate_fn)
+    theirs = zeroshot_retrieval.evaluate(theirs_model, loader, tokenizer, "cpu", amp=False, recall_k_list=list(ks))
+    print("flickr30k parity under ties:", ours, theirs)
+    for k in ks:
+        assert ours[f"t2i_R@{k}"] <= theirs[f"image_retrieval_recall@{k}"] + 1e-7
+        assert ours[f"i2t_R@{k}"] <= theirs[f"text_retrieval_recall@{k}"] + 1e-7
+    # the texts of images 3 and 6 tie on both images: the first is a failure at R@1 for both
+    t2i_rank1 = pessimistic_hits(scores, positive, 1)
+    assert not t2i_rank1[rset.text_to_image == 3].any() and not t2i_rank1[rset.text_to_image == 6].any()
