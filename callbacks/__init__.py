@@ -1,7 +1,9 @@
 """Evaluation and training callbacks of vlzoo."""
 
 from callbacks.compositionality import CompositionalityEvaluation, multiple_choice_accuracy
+from callbacks.progress_log import FileProgressLog
 from callbacks.retrieval import RetrievalEvaluation, retrieval_chance, retrieval_recall
+from callbacks.run_summary import RunSummary
 from callbacks.suite import EvaluationSuite, evaluate_suite, load_benchmarks
 from callbacks.zero_shot import (
     class_embeddings,
@@ -14,7 +16,9 @@ from callbacks.zero_shot import (
 __all__ = [
     "CompositionalityEvaluation",
     "EvaluationSuite",
+    "FileProgressLog",
     "RetrievalEvaluation",
+    "RunSummary",
     "class_embeddings",
     "classification_metrics",
     "evaluate_suite",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from zoo.losses.distributed import rank, world_size
 
 
 def progress(iterable: Iterable, trainer: Trainer | None, desc: str, total: int | None = None) -> Iterable:
-    """A tqdm bar on the global-zero process (silent elsewhere and when the trainer hides bars)."""
+    """A tqdm bar on the global-zero process (silent elsewhere, when the trainer hides bars, and when stderr is
+    no terminal: under nohup / SLURM a bar's carriage returns would flood the log file)."""
     show = trainer is None or (trainer.is_global_zero and trainer.progress_bar_callback is not None)
+    show = show and sys.stderr.isatty()
     return tqdm(iterable, desc=desc, total=total, leave=False, disable=not show)
 
 
@@ -46,7 +49,8 @@ def embed_texts(
 class EpochEndEvaluation(Callback):
     """Base of the evaluation callbacks: runs :meth:`run` after validation epochs (every
     ``every_n_epochs``, not during the sanity check) and after test epochs, under the trainer's
-    precision context, and writes results as JSON under ``<log_dir>/<name>/``."""
+    precision context, and writes results as JSON under ``<log_dir>/<name>/``; ``written`` lists the
+    files written, in order (what :class:`callbacks.run_summary.RunSummary` reports)."""
 
     name = "evaluation"
 
@@ -54,6 +58,7 @@ class EpochEndEvaluation(Callback):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
+        self.written: list[Path] = []
 
     @staticmethod
     def max_batches(trainer: Trainer) -> int | None:
@@ -74,10 +79,12 @@ class EpochEndEvaluation(Callback):
         for metric, value in result["metrics"].items():
             model.log(f"{stage}/{self.name}/{metric}", value, rank_zero_only=True)
         rank_zero_info(f"{stage} {self.name} (epoch {trainer.current_epoch}): {self.summary(result)}")
-        if trainer.is_global_zero and trainer.log_dir is not None:
-            out = Path(trainer.log_dir) / self.name / f"{stage}-epoch{trainer.current_epoch}.json"
+        log_dir = trainer.log_dir  # a broadcast: every rank asks
+        if trainer.is_global_zero and log_dir is not None:
+            out = Path(log_dir) / self.name / f"{stage}-epoch{trainer.current_epoch}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2, default=str))
+            self.written.append(out)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:

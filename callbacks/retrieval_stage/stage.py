@@ -135,8 +135,8 @@ def embed_corpus(
         write_json(Path(index_dir) / "corpus.json", [asdict(s) for s in shards])
     mine = shards[rank() :: world_size()]
     dim = len(fingerprint["image"])
-    with tqdm(desc=f"embedding corpus (rank {rank()}/{world_size()})", unit="img", disable=rank() != 0) as bar:
-        for shard in tqdm(mine, desc="shards", unit="shard", leave=False, disable=rank() != 0):
+    with tqdm(desc=f"embedding corpus (rank {rank()}/{world_size()})", unit="img", disable=rank() != 0 or None) as bar:
+        for shard in tqdm(mine, desc="shards", unit="shard", leave=False, disable=rank() != 0 or None):
             path = out / f"{shard.name}.npz"
             if path.is_file():
                 with np.load(path) as done:

@@ -30,7 +30,7 @@ def write_compositional_benchmark(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
-    for index in tqdm(range(n), desc=f"shapesworld {split} benchmark", unit="scene"):
+    for index in tqdm(range(n), desc=f"shapesworld {split} benchmark", unit="scene", disable=None):
         sample = generate_sample(index, split, seed, image_size)
         available = [(category, text) for category, text in sample["negatives"].items() if text is not None]
         if not available:

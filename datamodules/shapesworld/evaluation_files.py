@@ -23,7 +23,7 @@ def write_retrieval_benchmark(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = []
-    for index in tqdm(range(n), desc=f"shapesworld {split} retrieval", unit="scene"):
+    for index in tqdm(range(n), desc=f"shapesworld {split} retrieval", unit="scene", disable=None):
         sample = generate_sample(index, split, seed, image_size)
         filename = f"{sample['key']}.png"
         write_atomic(out / filename, png_bytes(sample["image"]))
@@ -41,7 +41,8 @@ def write_classification_benchmark(
     out = Path(out_dir)
     counts = dict.fromkeys(SHAPES, 0)
     index = 0
-    with tqdm(total=per_class * len(SHAPES), desc=f"shapesworld {split} classification", unit="image") as bar:
+    total = per_class * len(SHAPES)
+    with tqdm(total=total, desc=f"shapesworld {split} classification", unit="image", disable=None) as bar:
         while min(counts.values()) < per_class:
             sample = generate_sample(index, split, seed, image_size, max_objects=1)
             shape = sample["scene"]["objects"][0]["shape"]

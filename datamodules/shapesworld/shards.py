@@ -36,7 +36,7 @@ def write_shards(
     pattern = str(out).replace("%", "%%") + f"/shapesworld-{split}-%06d.tar"
     shards: list[str] = []
     with wds.ShardWriter(pattern, maxcount=shard_size, post=shards.append, verbose=0, encoder=False, mtime=0.0) as sink:
-        for index in tqdm(range(n), desc=f"shapesworld {split} shards", unit="sample"):
+        for index in tqdm(range(n), desc=f"shapesworld {split} shards", unit="sample", disable=None):
             sample = generate_sample(index, split, seed, image_size, max_objects)
             sink.write(
                 {

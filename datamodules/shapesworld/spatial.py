@@ -56,7 +56,7 @@ def write_spatial_benchmark(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
-    for index in tqdm(range(n), desc=f"shapesworld {split} spatial sets", unit="set"):
+    for index in tqdm(range(n), desc=f"shapesworld {split} spatial sets", unit="set", disable=None):
         sample = spatial_set(index, split, seed, image_size)
         paths = {}
         for relation, image in sample["images"].items():
