@@ -46,7 +46,7 @@ class CompositionalityEvaluation(EpochEndEvaluation):
         n: scenes of the ShapesWorld split.
         seed, image_size, benchmark_dir: of the ShapesWorld split; ``None`` takes the data module's
             (its ``shapesworld`` config and ``benchmark_dir``, when it has them), else 0, 64 and
-            ``data/shapesworld``.
+            ``shapesworld/`` of the cache folder (``$VLZOO_CACHE`` or ``~/.cache/vlzoo``).
     """
 
     name = "compositionality"

@@ -1,8 +1,11 @@
 """WiSE-FT (Wortsman et al., 2022) weight-space ensembles: θ_α = (1 − α)·θ_0 + α·θ_1, each point scored
 by the evaluation suite, as FSC-CLIP's trade-off figure (compositionality vs zero-shot / retrieval).
 
-    python -m callbacks.wise_ft --zeroshot ViT-B-32-quickgelu --zeroshot-pretrained openai \\
-        --finetuned runs/fsc_clip/.../last.ckpt --benchmarks configs/eval/suite.yaml --out wise_ft/
+    vlzoo-wise-ft --zeroshot ViT-B-32-quickgelu --zeroshot-pretrained openai \\
+        --finetuned runs/fsc_clip/version_0/checkpoints/last.ckpt --benchmarks eval/suite --out wise_ft/
+
+(``python -m callbacks.wise_ft`` in the repository; ``--benchmarks``: a suite YAML's path or a packaged config's
+name, default ``eval/suite``.)
 
 θ_0 and θ_1 are each a zoo checkpoint (``.ckpt``, any CLIP-family method; LoRA adapters merged) or an
 open_clip model (a name with ``--*-pretrained``, or ``local-dir:``). Writes ``wise_ft.json`` (every
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 
 from callbacks.suite import describe_model, evaluate_suite, suite_benchmarks
+from vlzoo_configs import resolve
 from zoo.backbones import OpenCLIPBackbone
 
 # "benchmark/metric" patterns averaged into each axis of the trade-off plot
@@ -130,13 +134,15 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--zeroshot", required=True, help="θ0: .ckpt, open_clip name or local-dir:")
     parser.add_argument("--zeroshot-pretrained", default=None, help="open_clip pretrained tag of θ0")
     parser.add_argument("--finetuned", required=True, help="θ1: .ckpt, open_clip name or local-dir:")
     parser.add_argument("--finetuned-pretrained", default=None, help="open_clip pretrained tag of θ1")
-    parser.add_argument("--benchmarks", default="configs/eval/suite.yaml", help="suite YAML")
+    parser.add_argument("--benchmarks", default="eval/suite", help="suite YAML: a path or a packaged config name")
     parser.add_argument("--alphas", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(11)])
     parser.add_argument("--out", default="wise_ft")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -144,16 +150,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if any(not 0 <= a <= 1 for a in args.alphas):
         parser.error(f"alphas must lie in [0, 1], got {args.alphas}")
+    try:
+        benchmarks_config = resolve(args.benchmarks)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     theta0 = load_backbone(args.zeroshot, args.zeroshot_pretrained)
     theta1 = load_backbone(args.finetuned, args.finetuned_pretrained)
-    report = wise_ft(theta0, theta1, args.benchmarks, args.alphas, args.batch_size, args.num_workers)
-    report.update(zeroshot=args.zeroshot, finetuned=args.finetuned, benchmarks_config=args.benchmarks)
+    report = wise_ft(theta0, theta1, benchmarks_config, args.alphas, args.batch_size, args.num_workers)
+    report.update(zeroshot=args.zeroshot, finetuned=args.finetuned, benchmarks_config=str(benchmarks_config))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "wise_ft.json").write_text(json.dumps(report, indent=2, default=str))
     plot(report, out / "wise_ft.png")
     print(f"wrote {out / 'wise_ft.json'} and {out / 'wise_ft.png'}")
     return report
+
+
+def console() -> None:
+    """The ``vlzoo-wise-ft`` console script."""
+    main(prog="vlzoo-wise-ft")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ class ImageCaptionDataModule(ZooDataModule):
         shuffle_buffer: webdataset sample shuffle buffer for training.
         shapesworld: ShapesWorld sizes and rendering.
         benchmark_dir: where evaluation callbacks write ShapesWorld's benchmarks when they run on this data
-            module (default ``data/shapesworld``; see ``datamodules.benchmarks.shapesworld_benchmark_file``).
+            module (default ``None``: ``shapesworld/`` of the cache folder, ``$VLZOO_CACHE`` or ``~/.cache/vlzoo``;
+            see ``datamodules.benchmarks.shapesworld_benchmark_file``).
         hard_negatives: hard-negative generators for training and validation batches, e.g.
             ``[negclip, replace, bigram_shuffle]`` (rule-based), ShapesWorld's exact types
             (``swap_attribute``, ...) or ``precomputed`` (NegCLIP TSV); one negative per generator.
@@ -88,7 +89,7 @@ class ImageCaptionDataModule(ZooDataModule):
         skip_corrupt: bool = False,
         shuffle_buffer: int = 1000,
         shapesworld: ShapesWorldConfig = ShapesWorldConfig(),
-        benchmark_dir: str = "data/shapesworld",
+        benchmark_dir: str | None = None,
         hard_negatives: list[str] | None = None,
         hard_images: bool = False,
         neighbours: str | None = None,
@@ -106,12 +107,15 @@ class ImageCaptionDataModule(ZooDataModule):
         )
         if source != "shapesworld" and train is None and val is None and test is None:
             raise ValueError(f"source={source!r} needs at least one of train / val / test paths")
+        if isinstance(shapesworld, dict):  # as saved in a checkpoint's hyper-parameters
+            shapesworld = ShapesWorldConfig(**shapesworld)
         self.save_hyperparameters()
+        self.hparams["shapesworld"] = dataclasses.asdict(shapesworld)  # plain types: weights_only loads
         self.source = source
         self.paths = {"train": train, "val": val, "test": test}
         self.shuffle_buffer = shuffle_buffer
         self.shapesworld = shapesworld
-        self.benchmark_dir = Path(benchmark_dir)
+        self.benchmark_dir = Path(benchmark_dir) if benchmark_dir else None
         self.hard_negatives = list(hard_negatives or [])
         self.hard_images = hard_images
         self.neighbours = neighbours

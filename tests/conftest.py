@@ -6,6 +6,7 @@ import copy
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,16 @@ TINY_MODEL_CFG = {
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vlzoo_cache(tmp_path_factory) -> Iterator[Path]:
+    """Generated files (ShapesWorld benchmarks, the WordNet copy) go to a session folder, never the user's
+    ``~/.cache/vlzoo``: ``$VLZOO_CACHE``, inherited by the commands tests start."""
+    folder = tmp_path_factory.mktemp("vlzoo-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLZOO_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture

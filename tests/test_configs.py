@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 import train
 
@@ -18,7 +19,7 @@ def test_configs_are_found():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_fits_validates_and_tests(config, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # logs, checkpoints and generated benchmarks stay in tmp_path
+    monkeypatch.chdir(tmp_path)  # logs and checkpoints stay in tmp_path, generated benchmarks in $VLZOO_CACHE
     common = ["--config", str(config), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)]
     cli = train.main(["fit", *common])
     assert cli.trainer.state.finished
@@ -28,6 +29,15 @@ def test_config_fits_validates_and_tests(config, tmp_path, monkeypatch):
         cli = train.main([subcommand, *common])
         assert cli.trainer.state.finished
         assert f"{'val' if subcommand == 'validate' else 'test'}/loss" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_each_config_logs_under_runs_and_its_name(config):
+    """A run of configs/<name>.yaml logs in runs/<name>/version_N (README, train.py), not runs/lightning_logs."""
+    trainer = yaml.safe_load(config.read_text())["trainer"]
+    assert trainer["logger"]["class_path"] == "lightning.pytorch.loggers.TensorBoardLogger"
+    assert trainer["logger"]["init_args"] == {"save_dir": "runs", "name": config.stem}
+    assert trainer["default_root_dir"] == f"runs/{config.stem}"
 
 
 def test_command_line_overrides_reach_the_model(tmp_path, monkeypatch):
@@ -98,3 +108,26 @@ def test_backbone_arguments_pass_through_once_and_misspelt_keys_are_named(tmp_pa
     with pytest.raises(SystemExit):
         train.main([*config, "--model.init_args.backbone.lora_rnak", "2"], run=False)
     assert "lora_rnak" in capsys.readouterr().err
+
+
+def test_every_run_gets_the_summary_and_file_logging_and_no_hp_metric(tmp_path, monkeypatch):
+    from callbacks import FileProgressLog, RunSummary
+
+    monkeypatch.chdir(tmp_path)
+    cli = train.main(["--config", str(ROOT / "configs" / "clip.yaml")], run=False)
+    kinds = {type(callback) for callback in cli.trainer.callbacks}
+    assert {RunSummary, FileProgressLog} <= kinds
+    assert cli.trainer.logger._default_hp_metric is False  # merged into the config's own logger
+
+
+def test_data_hyperparameters_load_with_weights_only(tmp_path):
+    """A data module built in Python (not only through the CLI) saves plain hyper-parameters, so a checkpoint
+    loads with ``weights_only`` (what ``Trainer.validate(ckpt_path=...)`` does) and rebuilds it."""
+    import torch
+
+    from datamodules import ImageCaptionDataModule, ShapesWorldConfig
+
+    data = ImageCaptionDataModule(shapesworld=ShapesWorldConfig(n_train=32, image_size=32))
+    torch.save({"datamodule_hyper_parameters": dict(data.hparams)}, tmp_path / "data.ckpt")
+    saved = torch.load(tmp_path / "data.ckpt", weights_only=True)["datamodule_hyper_parameters"]
+    assert ImageCaptionDataModule(**saved).shapesworld == data.shapesworld

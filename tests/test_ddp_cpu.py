@@ -32,7 +32,7 @@ def _fit(tmp_path, name, shards, *extra):
     command += ["--data.init_args.batch_size", "8", "--data.init_args.shuffle_buffer", "16"]
     command += ["--model.init_args.lr_schedule", "constant", *extra]
     subprocess.run(command, cwd=tmp_path, check=True, timeout=600)
-    (metrics,) = (tmp_path / name).glob("lightning_logs/*/metrics.csv")
+    (metrics,) = (tmp_path / name).glob("clip/*/metrics.csv")
     with metrics.open() as f:
         return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")}
 

@@ -45,7 +45,7 @@ def test_ddp_run_with_a_broken_image_trains_every_step(tmp_path):
     assert "13.png (key 13.png): cannot read image" in run.stderr  # named, counted and replaced
     assert "skipped so far in this process" in run.stderr
     assert "replaced skipped sample 13 (epoch 0) by sample" in run.stderr
-    (metrics,) = tmp_path.glob("lightning_logs/*/metrics.csv")
+    (metrics,) = tmp_path.glob("clip/*/metrics.csv")
     with metrics.open() as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
     assert steps == [0, 1, 2, 3]

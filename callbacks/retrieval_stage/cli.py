@@ -2,12 +2,14 @@
 Retrieval-Augmented Knowledge", CVPR 2023): embed a web-scale image-caption corpus once, index it with
 FAISS, and retrieve the pairs most relevant to a task's class names.
 
-    python -m callbacks.retrieval_stage build-index --corpus 'kb/{000000..000009}.tar' \\
+    vlzoo-retrieval build-index --corpus 'kb/{000000..000009}.tar' \\
         (--checkpoint last.ckpt [--module zoo.CLIP] | --model ViT-B-32-quickgelu --pretrained openai) \\
         --out index_dir [--kind hnsw|flat|ivfpq] [--modality image|text|both] [--batch-size 256]
-    python -m callbacks.retrieval_stage retrieve --index index_dir \\
+    vlzoo-retrieval retrieve --index index_dir \\
         --classnames classes.txt | "red circle,blue square" \\
         [--templates default|templates.txt] [--mode t2i|t2t] [--k 100] --out retrieved/ [--dedup-across-classes]
+
+(``python -m callbacks.retrieval_stage`` in the repository, also under ``torchrun -m``.)
 
 ``build-index`` embeds every corpus shard (webdataset tars, or fixed-size row chunks of a manifest)
 into ``index_dir/embeddings/<shard>.npz`` (L2-normalised image and first-caption embeddings, keys,
@@ -121,9 +123,9 @@ def _retrieve_command(args: argparse.Namespace) -> None:
     print(f"{sum(counts.values())} pairs for {len(counts)} classes in {args.out} (summary.json)")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m callbacks.retrieval_stage") -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m callbacks.retrieval_stage",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -162,6 +164,11 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     args.run(args)
+
+
+def console() -> None:
+    """The ``vlzoo-retrieval`` console script."""
+    main(prog="vlzoo-retrieval")
 
 
 if __name__ == "__main__":

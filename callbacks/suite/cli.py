@@ -1,8 +1,11 @@
 """The suite from the command line, on a checkpoint or an open_clip model, and side-by-side reports.
 
-    python -m callbacks.suite --model ViT-B-32-quickgelu --pretrained openai --benchmarks configs/eval/suite.yaml
-    python -m callbacks.suite --checkpoint runs/.../last.ckpt --out report.json
-    python -m callbacks.suite compare clip.json negclip.json --out compare/   (table + a PNG per family)
+    vlzoo-suite --model ViT-B-32-quickgelu --pretrained openai --benchmarks eval/suite
+    vlzoo-suite --checkpoint runs/clip/version_0/checkpoints/last.ckpt --out report.json
+    vlzoo-suite compare clip.json negclip.json --out compare/   (table + a PNG per family)
+
+(``python -m callbacks.suite`` in the repository.) ``--benchmarks`` is a suite YAML's path or a packaged config's
+name; the default, ``eval/suite``, is every ShapesWorld counterpart, generated under ``$VLZOO_CACHE/shapesworld``.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ from typing import Any
 from callbacks.suite.report import compare, describe_model, to_markdown
 from callbacks.suite.scoring import evaluate_suite
 from callbacks.suite.specs import suite_benchmarks
+from vlzoo_configs import resolve
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None, prog: str = "python -m callbacks.suite") -> dict[str, Any]:
     """Stand-alone suite on an open_clip model (name + pretrained tag, ``local-dir:``) or a checkpoint;
     ``compare A.json B.json [--out DIR]`` puts several reports side by side."""
     argv = list(argv) if argv is not None else sys.argv[1:]
     if argv[:1] == ["compare"]:
-        parser = argparse.ArgumentParser(prog="python -m callbacks.suite compare")
+        parser = argparse.ArgumentParser(prog=f"{prog} compare")
         parser.add_argument("reports", nargs="+")
         parser.add_argument("--out", default="suite-compare")
         args = parser.parse_args(argv[1:])
@@ -31,23 +35,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
 
     parser = argparse.ArgumentParser(
-        prog="python -m callbacks.suite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="open_clip model name or local-dir:/path")
     source.add_argument("--checkpoint", help="a zoo checkpoint (.ckpt)")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file")
     parser.add_argument("--module", default="zoo.CLIP", help="the zoo class of --checkpoint")
-    parser.add_argument("--benchmarks", default="configs/eval/suite.yaml", help="suite YAML")
+    parser.add_argument("--benchmarks", default="eval/suite", help="suite YAML: a path or a packaged config name")
     parser.add_argument("--out", default="suite.json")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
+    try:
+        benchmarks_config = resolve(args.benchmarks)
+    except FileNotFoundError as error:
+        parser.error(str(error))
 
     from zoo.loading import load_model
 
     model, _ = load_model(args.checkpoint, args.module, args.model, args.pretrained)
-    benchmarks = suite_benchmarks(args.benchmarks, model)
+    benchmarks = suite_benchmarks(benchmarks_config, model)
     results = evaluate_suite(model, benchmarks, batch_size=args.batch_size, num_workers=args.num_workers)
     report = {
         "benchmarks": results,
@@ -60,3 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(to_markdown(results))
     print(f"wrote {args.out}")
     return report
+
+
+def console() -> None:
+    """The ``vlzoo-suite`` console script."""
+    main(prog="vlzoo-suite")

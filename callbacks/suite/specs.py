@@ -165,6 +165,7 @@ def specs_from_config(path: str | Path) -> list[dict[str, Any]]:
 
 def suite_benchmarks(config: str | Path, model: LightningModule) -> list[Benchmark | RetrievalSet | ClassificationSet]:
     """The benchmarks of a suite YAML, ShapesWorld's generated with the default settings (seed 0, 64 px,
-    ``data/shapesworld``: those of the default data module)."""
+    ``shapesworld/`` of the cache folder, ``$VLZOO_CACHE`` or ``~/.cache/vlzoo``: those of the default data
+    module)."""
     transform = model.data_transforms()["eval_transform"]
     return load_benchmarks(specs_from_config(config), None, transform)

@@ -24,6 +24,7 @@ from typing import Any
 from datamodules.benchmarks.aro_order import load_coco_order
 from datamodules.benchmarks.base import Benchmark, ImageRef, Item
 from datamodules.benchmarks.compositional import compositional_benchmarks, load_compositional_benchmark
+from datamodules.cache import cache_dir
 from datamodules.shapesworld import (
     write_classification_benchmark,
     write_compositional_benchmark,
@@ -35,8 +36,13 @@ RELATIONS = ("left_of", "right_of", "above", "below")
 # zero-shot shape classification of single-object scenes
 SHAPE_TEMPLATES = ("a {c}.", "a small {c}.", "a large {c}.", "a picture of a {c}.")
 PAIRS = (("left_of", "right_of"), ("above", "below"))
-DEFAULT_BENCHMARK_DIR = "data/shapesworld"
 DEFAULT_SIZES = {"compositional": 500, "spatial": 100, "retrieval": 500, "classification": 20}
+
+
+def default_benchmark_dir() -> Path:
+    """Where generated ShapesWorld benchmarks go unless a ``benchmark_dir`` is given: ``<cache>/shapesworld``
+    (:func:`datamodules.cache.cache_dir`: ``$VLZOO_CACHE`` or ``~/.cache/vlzoo``)."""
+    return cache_dir("shapesworld")
 
 
 def shapesworld_benchmark_file(
@@ -44,7 +50,7 @@ def shapesworld_benchmark_file(
     n: int | None = None,
     seed: int = 0,
     image_size: int = 64,
-    benchmark_dir: str | Path = DEFAULT_BENCHMARK_DIR,
+    benchmark_dir: str | Path | None = None,
 ) -> Path:
     """A generated ShapesWorld benchmark (written on first use, then reused):
 
@@ -55,12 +61,13 @@ def shapesworld_benchmark_file(
       images per shape; a ``DONE`` file marks it complete).
 
     ``n`` defaults to 500 / 100 / 500 / 20 (:data:`DEFAULT_SIZES`); scenes come from the test split.
+    ``benchmark_dir`` defaults to :func:`default_benchmark_dir` (the cache folder).
     """
     if kind not in DEFAULT_SIZES:
         raise ValueError(f"unknown ShapesWorld benchmark {kind!r}; known: {sorted(DEFAULT_SIZES)}")
     n = DEFAULT_SIZES[kind] if n is None else n
     size = f"k{n}" if kind == "classification" else f"n{n}"
-    out = Path(benchmark_dir) / f"{kind}-seed{seed}-{size}-px{image_size}"
+    out = Path(benchmark_dir or default_benchmark_dir()) / f"{kind}-seed{seed}-{size}-px{image_size}"
     settings = {"split": "test", "seed": seed, "image_size": image_size}
     if kind == "classification":
         if not (out / "DONE").is_file():
@@ -86,14 +93,14 @@ def shapesworld_settings(
 ) -> dict[str, Any]:
     """``seed``, ``image_size`` and ``benchmark_dir`` for :func:`shapesworld_benchmark_file`: each given
     value, else the data module's (``datamodule.shapesworld.seed`` / ``.image_size``,
-    ``datamodule.benchmark_dir``, read only if present), else the defaults (0, 64, ``data/shapesworld``)."""
+    ``datamodule.benchmark_dir``, read only if present), else the defaults (0, 64, :func:`default_benchmark_dir`)."""
     config = getattr(datamodule, "shapesworld", None)
     chosen = {
         "seed": seed if seed is not None else getattr(config, "seed", 0),
         "image_size": image_size if image_size is not None else getattr(config, "image_size", 64),
         "benchmark_dir": benchmark_dir if benchmark_dir is not None else getattr(datamodule, "benchmark_dir", None),
     }
-    chosen["benchmark_dir"] = Path(chosen["benchmark_dir"] or DEFAULT_BENCHMARK_DIR)
+    chosen["benchmark_dir"] = Path(chosen["benchmark_dir"] or default_benchmark_dir())
     return chosen
 
 

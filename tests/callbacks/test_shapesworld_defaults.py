@@ -19,8 +19,9 @@ def _trainer(datamodule):
     return SimpleNamespace(datamodule=datamodule, is_global_zero=True, strategy=SimpleNamespace(barrier=lambda: None))
 
 
-def test_settings_come_from_arguments_then_the_data_module_then_defaults(tmp_path):
-    assert shapesworld_settings(None) == {"seed": 0, "image_size": 64, "benchmark_dir": Path("data/shapesworld")}
+def test_settings_come_from_arguments_then_the_data_module_then_defaults(tmp_path, vlzoo_cache):
+    default = {"seed": 0, "image_size": 64, "benchmark_dir": vlzoo_cache / "shapesworld"}  # $VLZOO_CACHE (conftest)
+    assert shapesworld_settings(None) == default
     dm = ImageCaptionDataModule(benchmark_dir=str(tmp_path), shapesworld=ShapesWorldConfig(seed=2, image_size=32))
     assert shapesworld_settings(dm) == {"seed": 2, "image_size": 32, "benchmark_dir": tmp_path}
     chosen = shapesworld_settings(dm, seed=5, benchmark_dir="b")
