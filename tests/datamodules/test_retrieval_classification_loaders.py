@@ -328,14 +328,14 @@ def test_metrics_on_an_imbalanced_set():
     assert list(classification_metrics(logits, labels)) == ["top1", "top5", "mean_per_class_recall"]
 
 
-def test_mean_per_class_recall_ignores_classes_absent_from_labels_and_ties_take_first():
+def test_mean_per_class_recall_ignores_classes_absent_from_labels_and_ties_count_as_failures():
     labels = torch.tensor([0, 0, 1, 1, 1])
     logits = torch.tensor(
         [
             [0.9, 0.0, 0.0, 0.1],
             [0.0, 0.1, 0.0, 0.9],  # predicted as class 3, which has no samples
             [0.0, 0.9, 0.0, 0.0],
-            [0.5, 0.5, 0.0, 0.0],  # tie: argmax takes class 0 -> wrong for mean per-class recall
+            [0.5, 0.5, 0.0, 0.0],  # a tie between the right class and a wrong one: a failure (the one tie rule)
             [0.0, 0.2, 0.8, 0.0],
         ]
     )
