@@ -45,6 +45,15 @@ def say(trainer: Trainer, text: str) -> None:
         print(text, flush=True)
 
 
+def local_log_dir(trainer: Trainer) -> str | None:
+    """``trainer.log_dir`` as this process sees it, without its broadcast: teardown hooks run after the
+    strategy's teardown, where a collective can abort a DDP run at exit (rank zero's value is the run's)."""
+    if not trainer.loggers:
+        return None
+    logger = trainer.loggers[0]
+    return getattr(logger, "log_dir", None) or logger.save_dir
+
+
 class RunSummary(Callback):
     """At the end of ``fit`` / ``validate`` / ``test``, print where the results are: log directory,
     checkpoints, JSON result files written during the run and the stage's figures (after ``fit``: the
@@ -70,10 +79,9 @@ class RunSummary(Callback):
             self.history.setdefault(name, []).append((trainer.current_epoch, value))
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir if trainer.loggers else None  # a broadcast: every rank asks
         stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
-        if stage in ("fit", "validate", "test"):
-            say(trainer, self.report(trainer, stage, log_dir))
+        if stage in ("fit", "validate", "test") and trainer.is_global_zero:
+            say(trainer, self.report(trainer, stage, local_log_dir(trainer)))
 
     # ----------------------------------------------------------------------------------- report
     def checkpoints(self, trainer: Trainer) -> list[tuple[str, str]]:
