@@ -133,6 +133,20 @@ def assert_same_recall(ours: dict[str, float], theirs: dict[str, float], n_image
     assert any(0 < v < 1 for v in ours.values()), ours  # not a trivial all-0 / all-1 fixture
 
 
+
+def clip_benchmark_flickr_recall(model, images, annotations, preprocess, tokenizer, ks) -> dict:
+    """clip_benchmark's own Flickr30k zero-shot retrieval on ``annotations/flickr30k_test_karpathy.txt``."""
+    dataset = build_dataset(
+        "flickr30k",
+        root=str(images),
+        transform=preprocess,
+        split="test",
+        annotation_file=str(annotations / "flickr30k_test_karpathy.txt"),
+        task="zeroshot_retrieval",
+    )
+    loader = DataLoader(dataset, batch_size=3, collate_fn=image_captions_collate_fn)
+    return zeroshot_retrieval.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=list(ks))
+
 def test_flickr30k_retrieval_parity(models, tmp_path):
     ours_model, transform, theirs_model, preprocess, tokenizer = models
     images = tmp_path / "flickr30k-images"
@@ -152,16 +166,7 @@ def test_flickr30k_retrieval_parity(models, tmp_path):
     assert len(rset) == 8 and len(rset.texts) == 40
     ours = ours_retrieval(ours_model, transform, rset)
 
-    dataset = build_dataset(
-        "flickr30k",
-        root=str(images),
-        transform=preprocess,
-        split="test",
-        annotation_file=str(tmp_path / "flickr30k_test_karpathy.txt"),
-        task="zeroshot_retrieval",
-    )
-    loader = DataLoader(dataset, batch_size=3, collate_fn=image_captions_collate_fn)
-    theirs = zeroshot_retrieval.evaluate(theirs_model, loader, tokenizer, "cpu", amp=False, recall_k_list=list(KS))
+    theirs = clip_benchmark_flickr_recall(theirs_model, images, tmp_path, preprocess, tokenizer, KS)
     print("flickr30k parity:", ours, theirs)
     assert_same_recall(ours, theirs, n_images=8, n_texts=40)
 
@@ -392,16 +397,7 @@ def test_flickr30k_parity_with_duplicate_captions_and_images(models, tmp_path):
         assert ours[f"t2i_R@{k}"] == pytest.approx(float(pessimistic_hits(scores, positive, k).float().mean()))
         assert ours[f"i2t_R@{k}"] == pytest.approx(float(pessimistic_hits(scores.T, positive.T, k).float().mean()))
 
-    dataset = build_dataset(
-        "flickr30k",
-        root=str(images),
-        transform=preprocess,
-        split="test",
-        annotation_file=str(tmp_path / "flickr30k_test_karpathy.txt"),
-        task="zeroshot_retrieval",
-    )
-    loader = DataLoader(dataset, batch_size=3, collate_fn=image_captions_collate_fn)
-    theirs = zeroshot_retrieval.evaluate(theirs_model, loader, tokenizer, "cpu", amp=False, recall_k_list=list(ks))
+    theirs = clip_benchmark_flickr_recall(theirs_model, images, tmp_path, preprocess, tokenizer, ks)
     print("flickr30k parity under ties:", ours, theirs)
     for k in ks:
         assert ours[f"t2i_R@{k}"] <= theirs[f"image_retrieval_recall@{k}"] + 1e-7
