@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 
 from datamodules.hard_negatives import NegativeCaptions, sample_rng
-from datamodules.sources import CorruptSampleError, SkipCounter
+from datamodules.sources import CorruptSampleError, SkipCounter, dataloader_worker
 from zoo.losses.distributed import rank, world_size
 
 if TYPE_CHECKING:
@@ -194,8 +194,7 @@ class StreamSamples(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.epoch += 1
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, num_workers = dataloader_worker()
         role, skip = worker, 0
         if self.resume is not None and self.resume.epoch == self.epoch:  # a run resumed mid-epoch: once
             # the new loader's round robin starts at worker 0: give it the share that was due next

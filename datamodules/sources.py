@@ -229,7 +229,7 @@ def decode_webdataset_sample(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker() -> tuple[int, int]:
+def dataloader_worker() -> tuple[int, int]:
     """(this dataloader worker's id, number of workers); (0, 1) in the main process."""
     info = get_worker_info()
     return (info.id, info.num_workers) if info is not None else (0, 1)
@@ -286,7 +286,7 @@ class WebDatasetSource(IterableDataset):
     def _share(self, epoch: int, role: int, quiet: bool = False) -> tuple[list[str], Iterator[dict[str, Any]]]:
         """The shard URLs of this rank's share ``role`` in pass ``epoch``, and its raw samples in order
         (``quiet``: a truncated shard is skipped without a word, for a share read a second time)."""
-        rank, world_size, num_workers = distributed.rank(), distributed.world_size(), _worker()[1]
+        rank, world_size, num_workers = distributed.rank(), distributed.world_size(), dataloader_worker()[1]
         patterns = [self.urls] if isinstance(self.urls, str) else list(self.urls)
         urls = [url for pattern in patterns for url in wds.shardlists.expand_urls(pattern)]
         if len(urls) % world_size:
@@ -317,7 +317,7 @@ class WebDatasetSource(IterableDataset):
         decoding it, meets the cut at the same sample and goes on with the next shard: no lost sample is
         read, counted or skipped twice.
         """
-        role = _worker()[0] if role is None else role
+        role = dataloader_worker()[0] if role is None else role
         urls, samples = self._share(epoch, role)
         pending: list[tuple[int, str]] = []  # (position, where) of corrupt samples waiting for the next good one
         for position, sample in enumerate(samples, start=1):

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import webdataset as wds
 from braceexpand import braceexpand
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
-from datamodules.sources import CorruptSampleError, ManifestDataset, decode_webdataset_sample
+from datamodules.sources import CorruptSampleError, ManifestDataset, dataloader_worker, decode_webdataset_sample
 
 MANIFEST_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 MODALITIES = ("image", "text")
@@ -106,8 +106,7 @@ class ShardImages(IterableDataset):
                 yield position, self.manifest[position]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, workers = dataloader_worker()
         for position, record in self._records(worker, workers):
             if record is not None:
                 yield {**record, "position": position, "image": self.transform(record["image"])}
