@@ -73,9 +73,12 @@ class ZooModule(LightningModule):
         betas: AdamW betas (CLIP: 0.9, 0.98).
         eps: AdamW epsilon (CLIP: 1e-6).
         warmup_steps: linear warmup length in optimiser steps.
+        warmup_ratio: warmup as a fraction of the run's optimiser steps (LLaVA: 0.03), rounded up; replaces
+            ``warmup_steps`` when positive.
         lr_schedule: ``"cosine"`` decays to ``min_lr_ratio * lr`` at the last step; ``"constant"`` stays at ``lr``.
         min_lr_ratio: final LR as a fraction of ``lr`` for the cosine schedule.
-        contrastive_accumulation: micro-batches contrasted together per optimiser step.
+        contrastive_accumulation: micro-batches per optimiser step, accumulated by :meth:`accumulated_losses`
+            (contrasted together by default; a method with another loss overrides it, e.g. LLaVA's token mean).
     """
 
     def __init__(
@@ -88,9 +91,11 @@ class ZooModule(LightningModule):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         min_lr_ratio: float = 0.0,
         contrastive_accumulation: int = 1,
+        warmup_ratio: float = 0.0,
     ) -> None:
         super().__init__()
-        invalid_schedule = warmup_steps < 0 or not 0 <= min_lr_ratio <= 1 or contrastive_accumulation < 1
+        invalid_schedule = not 0 <= warmup_ratio < 1 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1
+        invalid_schedule = invalid_schedule or contrastive_accumulation < 1
         if lr <= 0 or weight_decay < 0 or invalid_schedule:
             raise ValueError(
                 f"invalid optimiser settings: lr={lr}, weight_decay={weight_decay}, "
@@ -99,6 +104,7 @@ class ZooModule(LightningModule):
             )
         self.optim_args = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
         self.warmup_steps = warmup_steps
+        self.warmup_ratio = warmup_ratio
         self.lr_schedule = lr_schedule
         self.min_lr_ratio = min_lr_ratio
         self.contrastive_accumulation = contrastive_accumulation
@@ -147,6 +153,11 @@ class ZooModule(LightningModule):
     def fsdp_wrap_classes(self) -> set[type[nn.Module]]:
         """Module classes that become one FSDP unit each by default (the backbone's blocks)."""
         return set()
+
+    def learning_rates(self) -> dict[str, float]:
+        """Learning rates of their own for parameters under some module names (``{"model.model.vision_tower":
+        2e-6}``: every parameter whose name starts with that prefix and a dot); the rest use ``lr``."""
+        return {}
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss terms for a batch; the optimised total is their sum."""
@@ -272,15 +283,22 @@ class ZooModule(LightningModule):
 
     # ---------------------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters split into weight-decay and no-decay groups (:meth:`no_weight_decay`)."""
+        """Trainable parameters split into weight-decay and no-decay groups (:meth:`no_weight_decay`), and by
+        learning rate (:meth:`learning_rates`; the longest matching prefix wins)."""
         exempt = self.no_weight_decay()
-        decay, no_decay = [], []
+        prefixes = sorted(self.learning_rates().items(), key=lambda item: -len(item[0]))
+        groups: dict[tuple[float | None, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if param.requires_grad:
-                (no_decay if name in exempt else decay).append(param)
+                lr = next((lr for prefix, lr in prefixes if name.startswith(prefix + ".")), None)
+                groups.setdefault((lr, name in exempt), []).append(param)
+        groups.setdefault((None, False), [])  # the two groups at ``lr`` always exist: decay first, then no-decay
+        groups.setdefault((None, True), [])
+        ordered = sorted(groups.items(), key=lambda item: (item[0][0] is not None, item[0][0] or 0.0, item[0][1]))
         return [
-            {"params": decay, "weight_decay": self.optim_args["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": params, "weight_decay": 0.0 if no_decay else self.optim_args["weight_decay"]}
+            | ({} if lr is None else {"lr": lr})
+            for (lr, no_decay), params in ordered
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -294,8 +312,8 @@ class ZooModule(LightningModule):
                 "the cosine schedule needs the run's length, and a streaming source (webdataset) has none: "
                 "set --trainer.max_steps, or --model.init_args.lr_schedule constant"
             )
+        warmup = math.ceil(self.warmup_ratio * total_steps) if self.warmup_ratio > 0 else self.warmup_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: warmup_cosine(step, self.warmup_steps, int(total_steps), self.min_lr_ratio),
+            optimizer, lambda step: warmup_cosine(step, warmup, int(total_steps), self.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

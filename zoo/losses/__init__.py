@@ -1,6 +1,19 @@
 """Losses as pure functions on tensors returning named ``*_loss`` terms."""
 
 from zoo.losses.contrastive import contrastive_loss, negclip_loss, unicl_loss
-from zoo.losses.distributed import gather, gather_with_grad, rank, world_size
+from zoo.losses.distributed import all_reduce_sum, gather, gather_with_grad, rank, world_size
+from zoo.losses.language import IGNORE_INDEX, causal_lm_loss, supervised_token_count
 
-__all__ = ["contrastive_loss", "negclip_loss", "unicl_loss", "gather", "gather_with_grad", "rank", "world_size"]
+__all__ = [
+    "IGNORE_INDEX",
+    "all_reduce_sum",
+    "causal_lm_loss",
+    "contrastive_loss",
+    "gather",
+    "gather_with_grad",
+    "negclip_loss",
+    "rank",
+    "supervised_token_count",
+    "unicl_loss",
+    "world_size",
+]

@@ -1,0 +1,84 @@
+"""Which parts of a LLaVA train, at which learning rate, and with which adapters (LLaVA-1.5's stages).
+
+The parts of a transformers ``LlavaForConditionalGeneration``: ``vision_tower``, ``projector``
+(``multi_modal_projector``) and ``language_model`` (the decoder and ``lm_head``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, TypedDict
+
+from torch import nn
+from transformers import LlavaForConditionalGeneration
+
+Stage = Literal["pretrain", "finetune"]
+PARTS = ("vision_tower", "projector", "language_model")
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRAConfig(TypedDict, total=False):
+    """peft LoRA on the language model's linear layers (LLaVA-1.5: r 128, α 256, dropout 0.05, no bias)."""
+
+    r: int
+    alpha: int
+    dropout: float
+    targets: list[str]
+
+
+LORA_DEFAULTS: LoRAConfig = {"r": 128, "alpha": 256, "dropout": 0.05, "targets": list(LLAMA_LINEARS)}
+
+
+def part_modules(llava: LlavaForConditionalGeneration, part: str) -> list[nn.Module]:
+    """The modules of one part of ``llava``."""
+    inner = llava.model
+    modules = {
+        "vision_tower": [inner.vision_tower],
+        "projector": [inner.multi_modal_projector],
+        "language_model": [inner.language_model, llava.lm_head],
+    }
+    if part not in modules:
+        raise ValueError(f"unknown LLaVA part {part!r}: expected one of {PARTS}")
+    return modules[part]
+
+
+def stage_parts(stage: Stage, lora: bool) -> dict[str, bool | float]:
+    """What a stage trains (True: at the main lr): ``pretrain`` the projector; ``finetune`` the projector and the
+    language model (its LoRA adapters only, with ``lora``); the vision tower never (LLaVA-1.5)."""
+    if stage not in ("pretrain", "finetune"):
+        raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
+    parts: dict[str, bool | float] = {"vision_tower": False, "projector": True, "language_model": False}
+    if stage == "finetune" and not lora:
+        parts["language_model"] = True
+    return parts
+
+
+def lora_target_regex(targets: list[str]) -> str:
+    """A peft ``target_modules`` regex restricted to the language model: bare names (``q_proj``) would also
+    wrap the CLIP vision tower's attention, and ``all-linear`` the projector."""
+    return r".*\.language_model\..*\.(" + "|".join(re.escape(t) for t in targets) + r")$"
+
+
+def apply_lora(llava: LlavaForConditionalGeneration, config: LoRAConfig) -> Any:
+    """``llava`` wrapped by peft with LoRA adapters on the language model's linears (``lm_head`` excluded);
+    every base weight frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    settings = {**LORA_DEFAULTS, **config}
+    unknown = set(settings) - set(LORA_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown lora settings {sorted(unknown)}: expected {sorted(LORA_DEFAULTS)}")
+    peft_config = LoraConfig(
+        r=settings["r"],
+        lora_alpha=settings["alpha"],
+        lora_dropout=settings["dropout"],
+        target_modules=lora_target_regex(settings["targets"]),
+        bias="none",
+    )
+    return get_peft_model(llava, peft_config)
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name without peft's wrapping (``base_model.model.`` and ``.base_layer``), so checkpoints
+    with and without LoRA name the same tensors alike."""
+    return name.replace("base_model.model.", "").replace(".base_layer.", ".")
