@@ -26,11 +26,11 @@ A map-style source returns ``None`` for a record it skipped (``skip_corrupt``); 
 :class:`~datamodules.sources.WebDatasetSource` does (pass it a ``decode`` for another sample layout).
 The subclass calls ``super().__init__(...)`` with the generic arguments, then ``save_hyperparameters()``.
 
-An instruction data module (LLaVA JSON) is the same three hooks: its records are conversations with
-image paths; its recipe tiles the image (AnyRes: a base view plus the grid of the best-fitting
-resolution, a variable number of tiles per image) and keeps the conversation text; its collator
-tokenises the chat template and produces ``input_ids``, ``labels`` (-100 outside the answers),
-``attention_mask``, ``pixel_values`` and ``image_sizes``: the :class:`Batch` fields below.
+An instruction data module (:class:`~datamodules.instruction.InstructionDataModule`, LLaVA JSON) is the same
+three hooks: its records are conversations tokenised with the model's template (up front for map-style
+sources, while decoding for streams); its recipe transforms the image; its collator pads ``input_ids``,
+``labels`` (-100 outside the answers) and ``attention_mask`` and stacks ``pixel_values``: the :class:`Batch`
+fields below. (AnyRes adds ``tiles_per_image`` and ``image_sizes``.)
 """
 
 from __future__ import annotations

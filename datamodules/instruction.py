@@ -1,5 +1,6 @@
-"""Visual instruction data for the LLaVA family: LLaVA's JSON format (or ShapesWorld's, generated on the fly),
-tokenised with the model's conversation template, image placeholders expanded, labels on the answers only."""
+"""Visual instruction data for the LLaVA family: LLaVA's JSON format, webdataset shards of it (or ShapesWorld's
+records, generated on the fly), tokenised with the model's conversation template, image placeholders expanded,
+labels on the answers only."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datamodules.base import Batch, Split, ZooDataModule
-from datamodules.llava_json import LLaVAJsonRecords
+from datamodules.llava_json import LLaVAJsonRecords, LLaVASampleError, decode_llava_sample
 from datamodules.shapesworld import generate_sample
 from datamodules.shapesworld.instructions import caption_record, instruction_record
+from datamodules.sources import WebDatasetSource
 from zoo.backbones.llava.conversation import InvalidSampleError, check_conversation, tokenize_conversation
 from zoo.losses import IGNORE_INDEX
 
@@ -91,13 +93,12 @@ class TokenizedRecords(Dataset):
 
     def __init__(self, records: Dataset, tokenize: Tokenized, skip_invalid: bool, text_of: Callable) -> None:
         self.records, self.tokenize = records, tokenize
-        self.skipped: dict[str, str] = {}
+        self.left_out: dict[str, str] = {}
         self.indices: list[int] = []
         self.lengths: list[int] = []
         for index in range(len(records)):
             record = text_of(index)
-            if record is None:  # left out by the source itself (skip_invalid), already counted there
-                self.skipped.update(getattr(records, "skipped", {}))
+            if record is None:  # left out by the source itself (skip_invalid), counted there
                 continue
             try:
                 self.lengths.append(len(tokenize(record)["input_ids"]))
@@ -105,7 +106,13 @@ class TokenizedRecords(Dataset):
             except InvalidSampleError as error:
                 if not skip_invalid:
                     raise
-                self.skipped[error.sample_id] = error.reason
+                self.left_out[error.sample_id] = error.reason
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Invalid samples by id, with the reason: those left out (the source's and the tokeniser's) and those
+        whose image could not be read (replaced; counted in this process only)."""
+        return {**getattr(self.records, "skipped", {}), **self.left_out}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -115,6 +122,29 @@ class TokenizedRecords(Dataset):
         if record is None:  # an unreadable image, skipped by the source (skip_invalid): substituted
             return None
         return {**record, **self.tokenize(record), "key": str(record["id"])}
+
+
+@dataclasses.dataclass
+class TokenizedSamples:
+    """The ``decode`` of a :class:`~datamodules.sources.WebDatasetSource` over LLaVA shards: a raw sample →
+    :func:`~datamodules.llava_json.decode_llava_sample` → tokenised (a stream has no "up front"). Every problem,
+    the tokeniser's included, raises :class:`~datamodules.llava_json.LLaVASampleError` naming the sample id: a
+    corrupt sample to the source, which raises it or (``skip_corrupt``) replaces it by a good sample of the same
+    stream. ``skipped`` (id → reason) keeps them, in this process (each DataLoader worker its own)."""
+
+    tokenize: Tokenized
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        try:
+            record = decode_llava_sample(sample)
+            return {**record, **self.tokenize(record), "key": record["id"]}
+        except InvalidSampleError as error:
+            self.skipped[error.sample_id] = error.reason
+            if isinstance(error, LLaVASampleError):
+                raise
+            where = f"{sample.get('__url__', '?')} (key {sample.get('__key__', '?')})"
+            raise LLaVASampleError(error.sample_id, f"{where}: {error.reason}") from error
 
 
 @dataclasses.dataclass
@@ -159,13 +189,16 @@ class InstructionCollator:
             rows.append((ids, labels, mask))
         width = max(len(ids) for ids, _, _ in rows)
         pad = [width - len(ids) for ids, _, _ in rows]
-        return {
+        batch: Batch = {
             "key": [s["key"] for s in samples],
             "input_ids": torch.tensor([ids + [self.pad_id] * p for (ids, _, _), p in zip(rows, pad)]),
             "labels": torch.tensor([labels + [IGNORE_INDEX] * p for (_, labels, _), p in zip(rows, pad)]),
             "attention_mask": torch.tensor([mask + [0] * p for (_, _, mask), p in zip(rows, pad)]),
             "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         }
+        if "stream_position" in samples[0]:  # a stream's batch comes from one worker, in order (resume)
+            batch["stream_position"] = samples[-1]["stream_position"]
+        return batch
 
 
 def _collate_questions(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -194,7 +227,7 @@ class QuestionRecords(Dataset):
 
 
 class InstructionDataModule(ZooDataModule):
-    """Visual instruction tuning data (LLaVA's JSON; ShapesWorld by default).
+    """Visual instruction tuning data (LLaVA's JSON, or webdataset shards of it; ShapesWorld by default).
 
     Batches (:class:`~datamodules.base.Batch`): ``input_ids``, ``labels`` (−100 outside the answers and the
     ``</s>`` closing each; not shifted), ``attention_mask`` [B, L], right-padded; ``pixel_values`` [B, 3, S, S]
@@ -203,16 +236,21 @@ class InstructionDataModule(ZooDataModule):
 
     Args:
         source: ``shapesworld`` (generated on the fly; stage 1 gets caption records when the model's template is
-            ``plain``) or ``json`` (LLaVA JSON files ``train`` / ``val`` / ``test`` with images under ``image_root``,
-            default: each file's folder).
+            ``plain``), ``json`` (LLaVA JSON files ``train`` / ``val`` / ``test`` with images under ``image_root``,
+            default: each file's folder) or ``webdataset`` (``train`` / ``val`` / ``test`` are shard URLs or brace
+            patterns of :func:`~datamodules.llava_json.write_llava_shards`: a ``json`` record and its image per
+            sample; tokenised as they stream, resumable mid-epoch, split across ranks and workers).
         predict: a JSON (lines) file of questions ``{"question_id", "image", "text"}`` for ``predict``.
-        skip_invalid: leave out (and count) invalid samples instead of raising; unreadable images are replaced.
+        skip_invalid: instead of raising on an invalid sample (an :class:`InvalidSampleError` naming its id), leave
+            it out and count it (:attr:`skipped_invalid`); an unreadable image, and any invalid sample of a stream,
+            is replaced by another sample, so every rank keeps its batch size.
+        shuffle_buffer: webdataset sample shuffle buffer for training.
         shapesworld: sizes of the generated ShapesWorld data.
     """
 
     def __init__(
         self,
-        source: Literal["shapesworld", "json"] = "shapesworld",
+        source: Literal["shapesworld", "json", "webdataset"] = "shapesworld",
         train: str | None = None,
         val: str | None = None,
         test: str | None = None,
@@ -220,6 +258,7 @@ class InstructionDataModule(ZooDataModule):
         image_root: str | None = None,
         shapesworld: ShapesWorldInstructions = ShapesWorldInstructions(),
         skip_invalid: bool = False,
+        shuffle_buffer: int = 1000,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -230,13 +269,14 @@ class InstructionDataModule(ZooDataModule):
             shapesworld = ShapesWorldInstructions(**shapesworld)
         self.save_hyperparameters()
         self.hparams["shapesworld"] = dataclasses.asdict(shapesworld)
-        if source == "json" and not (train or val or test):
-            raise ValueError("source='json' needs at least one of train / val / test (LLaVA JSON files)")
+        if source != "shapesworld" and not (train or val or test):
+            raise ValueError(f"source={source!r} needs at least one of train / val / test (LLaVA JSON files / shards)")
         self.source, self.paths, self.image_root = source, {"train": train, "val": val, "test": test}, image_root
         self.predict_path, self.shapesworld, self.skip_invalid = predict, shapesworld, skip_invalid
+        self.shuffle_buffer = shuffle_buffer
         self.tokenized: Tokenized | None = None
         self.image_size = 0
-        self._records: dict[str, TokenizedRecords] = {}
+        self._records: dict[str, TokenizedRecords | WebDatasetSource] = {}
 
     def connect(self, tokenizer: Any, train_transform: Callable, eval_transform: Callable, **kwargs: Any) -> None:
         super().connect(tokenizer, train_transform, eval_transform)
@@ -251,12 +291,28 @@ class InstructionDataModule(ZooDataModule):
 
     @property
     def skipped_invalid(self) -> dict[str, str]:
-        """Invalid samples left out so far (``skip_invalid``), by id, with the reason."""
-        return {k: v for records in self._records.values() for k, v in records.skipped.items()}
+        """Invalid samples skipped so far (``skip_invalid``), by id, with the reason: those left out, and those
+        replaced (unreadable images; a stream's invalid samples) when read in this process (``num_workers: 0``)."""
+        found: dict[str, str] = {}
+        for records in self._records.values():
+            found.update(records.decode.skipped if isinstance(records, WebDatasetSource) else records.skipped)
+        return found
 
-    def records(self, split: Split) -> Dataset:
+    def records(self, split: Split) -> Dataset | IterableDataset:
+        """The tokenised records of a split (map-style: checked and tokenised when first asked for; a stream:
+        as it is read)."""
         if split in self._records:
             return self._records[split]
+        if self.tokenized is None:
+            raise RuntimeError("InstructionDataModule is not connected: datamodule.connect(**model.data_transforms())")
+        if self.source == "webdataset":
+            if self.paths[split] is None:
+                raise ValueError(f"no {split} shards: set --data.init_args.{split} to shard URLs (brace patterns)")
+            shuffle = self.shuffle_buffer if split == "train" else 0
+            decode = TokenizedSamples(self.tokenized)
+            stream = WebDatasetSource(self.paths[split], shuffle, self.skip_invalid, self.seed, decode=decode)
+            self._records[split] = stream
+            return stream
         if self.source == "shapesworld":
             source = ShapesWorldRecords(split, self.shapesworld, captions=self.tokenized.template == "plain")
         else:
@@ -272,7 +328,9 @@ class InstructionDataModule(ZooDataModule):
         self._records[split] = records
         return records
 
-    def recipe(self, split: Split, records: Dataset, train: bool, tokenize: bool) -> InstructionRecipe:
+    def recipe(
+        self, split: Split, records: Dataset | IterableDataset, train: bool, tokenize: bool
+    ) -> InstructionRecipe:
         return InstructionRecipe(self.transforms["train" if train else "eval"], self.image_size, self.seed)
 
     def collator(self, split: Split, tokenize: bool) -> InstructionCollator:

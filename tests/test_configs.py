@@ -27,6 +27,8 @@ def test_config_fits_validates_and_tests(config, tmp_path, monkeypatch):
     callbacks = [c["class_path"] for c in yaml.safe_load(config.read_text())["trainer"].get("callbacks", [])]
     if "callbacks.RetrievalEvaluation" in callbacks:
         assert any(k.startswith("val/retrieval/") for k in cli.trainer.callback_metrics)
+    if "callbacks.VQAEvaluation" in callbacks:
+        assert "val/vqa/accuracy" in cli.trainer.callback_metrics
     for subcommand in ("validate", "test"):
         cli = train.main([subcommand, *common])
         assert cli.trainer.state.finished

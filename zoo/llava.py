@@ -23,6 +23,7 @@ from zoo.backbones.llava.build import (
     llava_processor,
     num_image_tokens,
 )
+from zoo.backbones.llava.clip_vision import ImageSpec
 from zoo.backbones.llava.conversation import inference_prompt
 from zoo.backbones.llava.parts import PARTS, LoRAConfig, Stage, apply_lora, canonical_name, part_modules, stage_parts
 from zoo.base import ZooModule
@@ -76,12 +77,16 @@ class LLaVA(ZooModule):
         lora: peft LoRA on the language model's linears (``{}`` for LLaVA-1.5's r 128, α 256, dropout 0.05).
         projector_lr: the projector's own learning rate (LoRA recipe: 2e-5).
         trainable: parts trained beyond the stage's (``{vision_tower: 2e-6}``: a part at its own lr; ``true``:
-            at ``lr``; ``false``: frozen), e.g. LLaVA-NeXT's unfrozen tower.
-        init_from: a checkpoint (e.g. stage 1's) whose matching tensors initialise this model.
+            at ``lr``; ``false``: frozen), e.g. LLaVA-NeXT's unfrozen tower (up to ``vision_feature_layer``: the
+            layers after it get no gradient). With ``lora``, ``language_model`` means its adapters.
+        init_from: a checkpoint (e.g. stage 1's) whose matching tensors initialise this model. Its checkpoints
+            need the file again only when it initialised frozen tensors (they are not saved).
         micro_batches: micro-batches per optimiser step; the loss is the mean over the supervised tokens of all
             of them (and of every rank), so k micro-batches equal one batch of k·B.
         activation_checkpointing: recompute the LM's activations in the backward pass.
         cache_dir: where hub downloads go. seed: initialisation seed of new weights (projector, tiny LM).
+        image_spec: the preprocessing (:class:`~zoo.backbones.llava.clip_vision.ImageSpec` fields) instead of the
+            tower's own; checkpoints save the one trained with, so a reload preprocesses as the training did.
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (LLaVA defaults: weight decay 0, betas
             (0.9, 0.999), eps 1e-8, warmup ratio 0.03, cosine).
     """
@@ -107,6 +112,7 @@ class LLaVA(ZooModule):
         activation_checkpointing: bool = False,
         cache_dir: str | None = None,
         seed: int = 0,
+        image_spec: dict[str, Any] | None = None,
         lr: float = 2e-05,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -128,6 +134,8 @@ class LLaVA(ZooModule):
             model_name_or_path, vision_tower, language_model, projector, vision_feature_layer,
             language_model_config, cache_dir, seed,
         )  # fmt: skip
+        if image_spec is not None:
+            self.image_spec = ImageSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in image_spec.items()})
         self.hparams["image_spec"] = dataclasses.asdict(self.image_spec)  # saved with the checkpoint: the preprocessing
         self.image_tokens = num_image_tokens(model.config)
         self.images = image_processor(self.image_spec, pad=self.image_aspect_ratio == "pad")
@@ -136,8 +144,10 @@ class LLaVA(ZooModule):
             enable()
         self.model = model if lora is None else apply_lora(model, lora)
         self._trainable = self._set_trainable(stage, lora is not None, projector, projector_lr, trainable or {})
+        self._init_from_frozen = False  # init_from wrote frozen tensors: checkpoints name it as part of the base
         if init_from:
-            self.load_matching(init_from)
+            loaded = set(self.load_matching(init_from)["loaded"])
+            self._init_from_frozen = any(not p.requires_grad for n, p in self.named_parameters() if n in loaded)
 
     # ------------------------------------------------------------------------------ structure
     @property
@@ -151,16 +161,17 @@ class LLaVA(ZooModule):
         unknown = set(overrides) - set(PARTS)
         if unknown:
             raise ValueError(f"trainable: unknown part(s) {sorted(unknown)}; the parts are {PARTS}")
-        parts = stage_parts(stage, lora)
+        parts = stage_parts(stage)
         if projector_lr is not None:
             parts["projector"] = projector_lr
         parts.update(overrides)
-        for name, param in self.model.named_parameters():
-            if "lora_" not in name:
-                param.requires_grad_(False)
+        self.model.requires_grad_(False)
         for part, setting in parts.items():
-            if setting is not False:
-                for module in part_modules(self.llava, part):
+            for module in part_modules(self.llava, part) if setting is not False else []:
+                if lora and part == "language_model":  # LoRA: the adapters train, the base weights stay frozen
+                    for name, param in module.named_parameters():
+                        param.requires_grad_(".lora_" in name)
+                else:
                     module.requires_grad_(True)
         if projector == "linear":  # the identity second layer stays fixed: one Linear, as LLaVA's
             self.llava.model.multi_modal_projector.linear_2.requires_grad_(False)
@@ -177,16 +188,22 @@ class LLaVA(ZooModule):
     def vision_trainable(self) -> bool:
         return any(p.requires_grad for p in self.llava.model.vision_tower.parameters())
 
-    def frozen_base_reference(self) -> dict[str, Any]:
+    def base_specs(self) -> dict[str, str | None]:
+        """Where the base weights come from (local paths absolute)."""
         hp = self.hparams
         if hp.model_name_or_path:
             return {"model_name_or_path": resolved_spec(hp.model_name_or_path)}
         return {"vision_tower": resolved_spec(hp.vision_tower), "language_model": resolved_spec(hp.language_model)}
 
+    def frozen_base_reference(self) -> dict[str, Any]:
+        # init_from is needed again only where it wrote frozen tensors (stage 1's projector trains on: saved)
+        init_from = resolved_spec(self.hparams.init_from) if self._init_from_frozen else None
+        return {**self.base_specs(), "init_from": init_from}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         # the base specs are also the architecture: a checkpoint holding every tensor still names them
-        checkpoint["hyper_parameters"].update(self.frozen_base_reference())
+        checkpoint["hyper_parameters"].update(self.base_specs())
 
     def batch_size(self, batch: dict[str, Any]) -> int:
         return len(batch["input_ids"])
@@ -297,7 +314,8 @@ class LLaVA(ZooModule):
         **generation_kwargs: Any,
     ) -> list[str] | list[list[int]]:
         """Answers to ``prompts`` about ``images`` (``None``: a text-only prompt), batched with left padding,
-        through transformers' ``generate`` (greedy by default; sampling / beams by its arguments)."""
+        through transformers' ``generate`` (greedy by default; sampling / beams by its arguments), in eval mode
+        (no LoRA dropout) whatever the module's mode; ``return_ids``: the answers' token ids, up to EOS."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         images = [images] * len(prompts) if images is None or isinstance(images, Image.Image) else list(images)
         ids = self.prompt_ids(prompts, [image is not None for image in images])
@@ -322,10 +340,14 @@ class LLaVA(ZooModule):
         generation_kwargs.setdefault("pad_token_id", pad)
         if pixel_values is not None:
             generation_kwargs["pixel_values"] = pixel_values
-        out = self.llava.generate(input_ids=input_ids, attention_mask=mask, **generation_kwargs)[:, width:]
-        rows = [[t for t in row.tolist() if t != pad] for row in out]
-        rows = [row[: row.index(self.tokenizer.eos_token_id)] if self.tokenizer.eos_token_id in row else row
-                for row in rows]  # fmt: skip
+        training = self.training
+        self.eval()
+        try:
+            out = self.llava.generate(input_ids=input_ids, attention_mask=mask, **generation_kwargs)[:, width:]
+        finally:
+            self.train(training)
+        eos = self.tokenizer.eos_token_id
+        rows = [row[: row.index(eos)] if eos in row else row for row in out.tolist()]  # after EOS: padding
         if return_ids:
             return rows
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
@@ -342,7 +364,11 @@ class LLaVA(ZooModule):
     def export_hf(self, folder: str | Path, merge_lora: bool = True) -> Path:
         """Write a plain transformers LLaVA folder (model, tokenizer, processor), loadable with
         ``LlavaForConditionalGeneration.from_pretrained`` + ``LlavaProcessor.from_pretrained``. With LoRA, the
-        adapters are merged (``merge_lora``) or kept as a peft adapter folder ``adapter/`` beside the base."""
+        adapters are merged (``merge_lora``) or kept as a peft adapter folder ``adapter/`` beside the base.
+
+        The processor is the zoo's (PIL) one, but transformers picks an image processor's backend when loading,
+        not from the folder (5.x: torchvision whenever installed; its bicubic resize differs by ~0.02):
+        ``LlavaProcessor.from_pretrained(folder, backend="pil")`` gives exactly the zoo's pixels (tested)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         model = self.llava

@@ -29,28 +29,40 @@ class LoRAConfig(TypedDict, total=False):
 LORA_DEFAULTS: LoRAConfig = {"r": 128, "alpha": 256, "dropout": 0.05, "targets": list(LLAMA_LINEARS)}
 
 
+def feature_tower_modules(llava: LlavaForConditionalGeneration) -> list[nn.Module]:
+    """The vision tower's modules that feed the features LLaVA uses: the embeddings, the pre-norm and the encoder
+    layers up to ``vision_feature_layer``. The layers after it and the post-layernorm run but never get a
+    gradient (DDP without ``find_unused_parameters`` would fail on them): an unfrozen tower leaves them frozen."""
+    tower = llava.model.vision_tower
+    layers = getattr(getattr(tower, "encoder", None), "layers", None)
+    if layers is None:
+        return [tower]
+    selected = llava.config.vision_feature_layer
+    selected = [selected] if isinstance(selected, int) else list(selected)
+    used = max(index % (len(layers) + 1) for index in selected)  # hidden_states[i]: the output of layer i - 1
+    skipped = {"encoder", "post_layernorm", "head"}  # head: SigLIP's pooling head
+    return [module for name, module in tower.named_children() if name not in skipped] + list(layers[:used])
+
+
 def part_modules(llava: LlavaForConditionalGeneration, part: str) -> list[nn.Module]:
-    """The modules of one part of ``llava``."""
+    """The trainable modules of one part of ``llava`` (the vision tower's: :func:`feature_tower_modules`)."""
     inner = llava.model
     modules = {
-        "vision_tower": [inner.vision_tower],
-        "projector": [inner.multi_modal_projector],
-        "language_model": [inner.language_model, llava.lm_head],
+        "vision_tower": lambda: feature_tower_modules(llava),
+        "projector": lambda: [inner.multi_modal_projector],
+        "language_model": lambda: [inner.language_model, llava.lm_head],
     }
     if part not in modules:
         raise ValueError(f"unknown LLaVA part {part!r}: expected one of {PARTS}")
-    return modules[part]
+    return modules[part]()
 
 
-def stage_parts(stage: Stage, lora: bool) -> dict[str, bool | float]:
+def stage_parts(stage: Stage) -> dict[str, bool | float]:
     """What a stage trains (True: at the main lr): ``pretrain`` the projector; ``finetune`` the projector and the
-    language model (its LoRA adapters only, with ``lora``); the vision tower never (LLaVA-1.5)."""
+    language model (with LoRA: its adapters); the vision tower never (LLaVA-1.5)."""
     if stage not in ("pretrain", "finetune"):
         raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
-    parts: dict[str, bool | float] = {"vision_tower": False, "projector": True, "language_model": False}
-    if stage == "finetune" and not lora:
-        parts["language_model"] = True
-    return parts
+    return {"vision_tower": False, "projector": True, "language_model": stage == "finetune"}
 
 
 def lora_target_regex(targets: list[str]) -> str:
