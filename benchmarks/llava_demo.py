@@ -11,7 +11,7 @@ Stages, each a ``train.py fit`` of a packaged config (as a user runs them):
    stage 1's checkpoint (``init_from``).
 
     python benchmarks/llava_demo.py [--keep runs/llava_demo] [--clip-checkpoint PATH] [--stage1-steps 300]
-                                    [--stage2-steps 600] [--llm-epochs 1] [--clip-epochs 2]
+                                    [--stage2-steps 600] [--llm-epochs 1] [--clip-epochs 2] [--llm FOLDER]
 
 Prints: VQA accuracy per question type beside the majority baseline after each LLaVA stage (the
 ``callbacks.VQAEvaluation`` of the configs), one generated detailed description beside the scene's true long
@@ -72,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", default=None, help="keep the runs in this folder")
     parser.add_argument("--clip-checkpoint", default=None, help="a zoo CLIP checkpoint (skips the CLIP stage)")
+    parser.add_argument("--llm", default=None, help="a trained LLM folder (skips the LLM stage)")
     parser.add_argument("--clip-epochs", type=int, default=2)
     parser.add_argument("--llm-epochs", type=int, default=1)
     parser.add_argument("--stage1-steps", type=int, default=300)
@@ -86,9 +87,10 @@ def main() -> None:
             cli, rows["clip"] = fit("clip", root, "clip", "--trainer.max_epochs", str(args.clip_epochs),
                                     "--trainer.callbacks", "[]")  # fmt: skip
             clip = cli.trainer.checkpoint_callback.last_model_path
-        llm = root / "llm_hf"
-        _, rows["llm"] = fit("llm_pretrain", root, "llm", "--trainer.max_epochs", str(args.llm_epochs),
-                             "--model.init_args.export_dir", str(llm))  # fmt: skip
+        llm = Path(args.llm or root / "llm_hf")
+        if args.llm is None:
+            _, rows["llm"] = fit("llm_pretrain", root, "llm", "--trainer.max_epochs", str(args.llm_epochs),
+                                 "--model.init_args.export_dir", str(llm))  # fmt: skip
         base = ["--model.init_args.vision_tower", str(clip), "--model.init_args.language_model", str(llm)]
         steps1 = ["--trainer.max_steps", str(args.stage1_steps)]
         cli, rows["stage 1"] = fit("llava_pretrain", root, "stage1", *base, *steps1)
@@ -110,7 +112,8 @@ def main() -> None:
             print(f"| {stage} | " + " | ".join(cells) + " |")
         if "clip" in rows:
             print(f"clip: {rows['clip']['minutes']:.1f} min")
-        print(f"llm: {rows['llm']['minutes']:.1f} min, {rows['llm']['tokens/s']:.0f} tokens/s")
+        if "llm" in rows:
+            print(f"llm: {rows['llm']['minutes']:.1f} min, {rows['llm']['tokens/s']:.0f} tokens/s")
 
         from datamodules.shapesworld import generate_sample
 

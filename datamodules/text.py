@@ -60,12 +60,21 @@ class TextCollator:
         }
 
 
+@dataclasses.dataclass
+class ShapesWorldText:
+    """Sizes of the generated ShapesWorld text: scenes per split (each gives one document)."""
+
+    n_train: int = 4096
+    n_val: int = 128
+    seed: int = 0
+
+
 class TextDataModule(ZooDataModule):
     """Text for a causal LM: ShapesWorld's captions, long captions, question-answer text and chat-formatted
     turns (``source: shapesworld``), or one text per line of ``train`` / ``val`` files (``source: lines``).
 
     Args:
-        n_train, n_val: ShapesWorld scenes per split (each gives several texts).
+        shapesworld: ShapesWorld sizes (documents per split) and seed.
 
     Texts are cut at the model's ``max_length`` (given through ``connect``; 512 without one).
     """
@@ -75,16 +84,18 @@ class TextDataModule(ZooDataModule):
         source: Literal["shapesworld", "lines"] = "shapesworld",
         train: str | None = None,
         val: str | None = None,
-        n_train: int = 4096,
-        n_val: int = 128,
+        shapesworld: ShapesWorldText = ShapesWorldText(),
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, seed=seed)
+        if isinstance(shapesworld, dict):  # as saved in a checkpoint's hyper-parameters
+            shapesworld = ShapesWorldText(**shapesworld)
         self.save_hyperparameters()
-        self.source, self.paths, self.sizes = source, {"train": train, "val": val}, {"train": n_train, "val": n_val}
+        self.hparams["shapesworld"] = dataclasses.asdict(shapesworld)
+        self.source, self.paths, self.shapesworld = source, {"train": train, "val": val}, shapesworld
         self.max_length = 512
 
     def connect(self, tokenizer: Any, train_transform: Callable, eval_transform: Callable, **kwargs: Any) -> None:
@@ -93,7 +104,8 @@ class TextDataModule(ZooDataModule):
 
     def records(self, split: Split) -> Dataset:
         if self.source == "shapesworld":
-            return TextRecords(language_corpus(self.sizes.get(split, self.sizes["val"]), split, self.seed), split)
+            n = self.shapesworld.n_train if split == "train" else self.shapesworld.n_val
+            return TextRecords(language_corpus(n, split, self.shapesworld.seed), split)
         path = self.paths.get(split)
         if path is None:
             raise ValueError(f"no {split} text file: set --data.init_args.{split}")

@@ -264,6 +264,15 @@ class LLaVA(ZooModule):
             total = total + loss.detach()
         return {"lm_loss": total}
 
+    def on_train_epoch_end(self) -> None:
+        """Say how many invalid samples the data module left out or replaced (``skip_invalid``), every epoch."""
+        super().on_train_epoch_end()
+        skipped = getattr(getattr(self.trainer, "datamodule", None), "skipped_invalid", None)
+        if skipped:
+            self.log("data/skipped_invalid", float(len(skipped)), rank_zero_only=True)
+            named = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
+            rank_zero_info(f"epoch {self.current_epoch}: {len(skipped)} invalid sample(s) skipped ({named} ...)")
+
     def configure_callbacks(self) -> list:
         if self.trainer.accumulate_grad_batches > 1:
             rank_zero_warn(

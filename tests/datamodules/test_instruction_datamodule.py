@@ -294,3 +294,20 @@ def test_an_invalid_shard_sample_names_its_id_or_is_replaced_in_the_stream(model
     assert keys == ["good-a"] * len(bad) + ["good-a", "good-b", "good-text"]  # replaced by the next good sample
     assert set(dm.skipped_invalid) == set(bad)
     assert all(BAD[name][2] in dm.skipped_invalid[name] for name in bad)
+
+
+def test_a_training_epoch_ends_by_saying_how_many_invalid_samples_it_skipped(models, tmp_path, caplog):
+    import logging
+
+    from lightning.pytorch import Trainer
+
+    caplog.set_level(logging.INFO)
+    path = str(write_rows(tmp_path, ["empty_answer", "unknown_role"]))
+    dm = InstructionDataModule(source="json", train=path, skip_invalid=True, batch_size=1, num_workers=0)
+    model = tiny_llava(tmp_path / "tower", stage="finetune", lr_schedule="constant", warmup_ratio=0.0)
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
+    dm.connect(**model.data_transforms())
+    trainer.fit(model, dm)
+    assert trainer.callback_metrics["data/skipped_invalid"] == 2
+    assert "2 invalid sample(s) skipped (empty_answer: " in caplog.text
