@@ -17,12 +17,23 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def init_args(config: Path) -> dict:
+    return yaml.safe_load(config.read_text())["model"]["init_args"]
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if "backbone" in init_args(c)], ids=lambda p: p.stem)
 def test_registered_architecture_is_the_configs_own(config):
-    backbone = yaml.safe_load(config.read_text())["model"]["init_args"]["backbone"]
+    backbone = init_args(config)["backbone"]
     registered = MODEL_CONFIGS / f"{backbone['model_name']}.json"
     assert registered.is_file(), f"{config.name}: {backbone['model_name']} is not registered with open_clip"
     assert json.loads(registered.read_text()) == backbone["model_cfg"]
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if "vision_tower" in init_args(c)], ids=lambda p: p.stem)
+def test_llava_configs_name_a_registered_open_clip_tower(config):
+    tower = init_args(config)["vision_tower"]
+    assert tower.startswith("open_clip:"), f"{config.name}: the offline default tower is an open_clip name"
+    assert (MODEL_CONFIGS / f"{tower.removeprefix('open_clip:')}.json").is_file()
 
 
 def test_export_loads_by_name_with_a_pretrained_file_in_a_fresh_process(tmp_path):
