@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datamodules.base import Batch, Split, ZooDataModule
+from datamodules.image_caption import ShapesWorldConfig
 from datamodules.llava_json import LLaVAJsonRecords, LLaVASampleError, decode_llava_sample
 from datamodules.shapesworld import generate_sample
 from datamodules.shapesworld.instructions import caption_record, instruction_record
@@ -24,16 +25,14 @@ from zoo.losses import IGNORE_INDEX
 
 
 @dataclasses.dataclass
-class ShapesWorldInstructions:
+class ShapesWorldInstructions(ShapesWorldConfig):
     """Sizes of the generated ShapesWorld instruction data (stage 1: caption records; stage 2: multi-turn QA,
-    detailed descriptions and some text-only records)."""
+    detailed descriptions and some text-only records): :class:`ShapesWorldConfig` with smaller default splits
+    and the fraction of text-only records."""
 
     n_train: int = 4096
     n_val: int = 256
     n_test: int = 256
-    seed: int = 0
-    image_size: int = 64
-    max_objects: int = 4
     text_only_rate: float = 0.1
 
 
