@@ -14,12 +14,17 @@ __all__ = [
     "InstructionDataModule",
     "ManifestDataset",
     "ShapesWorldConfig",
+    "ShortLongCaptionDataModule",
     "TextDataModule",
     "WebDatasetSource",
     "ZooDataModule",
 ]
 
-_LAZY = {"InstructionDataModule": "datamodules.instruction", "TextDataModule": "datamodules.text"}
+_LAZY = {
+    "InstructionDataModule": "datamodules.instruction",
+    "ShortLongCaptionDataModule": "datamodules.caption_pairs",
+    "TextDataModule": "datamodules.text",
+}
 
 
 def __getattr__(name: str) -> Any:  # the LLaVA family's data modules import transformers-side code on first use

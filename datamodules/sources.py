@@ -96,12 +96,8 @@ def check_captions(captions: list[str], where: str) -> list[str]:
     return cleaned
 
 
-def read_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON list / JSON-lines / CSV manifest of ``image`` + ``caption`` or ``captions``.
-
-    Rows naming the same image are merged into one record with several captions (COCO style).
-    Image paths are relative to the manifest's folder unless absolute.
-    """
+def read_manifest_rows(path: str | Path) -> list[Any]:
+    """The rows of a JSON list / JSON-lines / CSV manifest, as parsed (unchecked but for being a list)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
@@ -117,6 +113,17 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
         raise CorruptSampleError(f"manifest {path}: cannot parse ({error})") from error
     if not isinstance(rows, list):
         raise CorruptSampleError(f"manifest {path}: expected a list of records, got {type(rows).__name__}")
+    return rows
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSON list / JSON-lines / CSV manifest of ``image`` + ``caption`` or ``captions``.
+
+    Rows naming the same image are merged into one record with several captions (COCO style).
+    Image paths are relative to the manifest's folder unless absolute.
+    """
+    path = Path(path)
+    rows = read_manifest_rows(path)
     records: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(rows):
         where = f"manifest {path}, record {i}"

@@ -1,6 +1,6 @@
 """vlzoo methods: one LightningModule per method over shared backbones and losses.
 
-The LLaVA family (:class:`LLaVA`, :class:`CausalLM`) imports transformers' LLaVA classes on first use.
+The LLaVA family (:class:`LLaVA`, :class:`CausalLM`, :class:`VladVA`) imports transformers' LLaVA classes on first use.
 """
 
 from typing import Any
@@ -11,9 +11,9 @@ from zoo.fsc_clip import FSCCLIP
 from zoo.negclip import NegCLIP
 from zoo.react import REACT
 
-__all__ = ["CLIP", "CausalLM", "FSCCLIP", "LLaVA", "NegCLIP", "REACT", "ZooModule"]
+__all__ = ["CLIP", "CausalLM", "FSCCLIP", "LLaVA", "NegCLIP", "REACT", "VladVA", "ZooModule"]
 
-_LAZY = {"LLaVA": "zoo.llava", "CausalLM": "zoo.causal_lm"}
+_LAZY = {"LLaVA": "zoo.llava", "CausalLM": "zoo.causal_lm", "VladVA": "zoo.vladva"}
 
 
 def __getattr__(name: str) -> Any:

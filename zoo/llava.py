@@ -84,7 +84,7 @@ class LLaVA(ZooModule):
         micro_batches: micro-batches per optimiser step; the loss is the mean over the supervised tokens of all
             of them (and of every rank), so k micro-batches equal one batch of k·B.
         activation_checkpointing: recompute the LM's activations in the backward pass.
-        cache_dir: where hub downloads go. seed: initialisation seed of new weights (projector, tiny LM).
+        cache_dir: where hub downloads go. seed: initialisation seed of new weights (projector, tiny LM, LoRA).
         image_spec: the preprocessing (:class:`~zoo.backbones.llava.clip_vision.ImageSpec` fields) instead of the
             tower's own; checkpoints save the one trained with, so a reload preprocesses as the training did.
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (LLaVA defaults: weight decay 0, betas
@@ -142,7 +142,9 @@ class LLaVA(ZooModule):
         if activation_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
-        self.model = model if lora is None else apply_lora(model, lora)
+        with torch.random.fork_rng(devices=[]):  # LoRA's A matrices: a function of ``seed``, not of the global RNG
+            torch.manual_seed(seed)
+            self.model = model if lora is None else apply_lora(model, lora)
         self._trainable = self._set_trainable(stage, lora is not None, projector, projector_lr, trainable or {})
         self._init_from_frozen = False  # init_from wrote frozen tensors: checkpoints name it as part of the base
         if init_from:

@@ -65,6 +65,17 @@ def tiny_llava(vision: Any, **kwargs: Any):
     return zoo.LLaVA(**{**options, **kwargs})
 
 
+def tiny_vladva(vision: Any, **kwargs: Any):
+    """``zoo.VladVA`` over the same tiny tower and LM as :func:`tiny_llava` (``kwargs`` go to ``zoo.VladVA``)."""
+    import zoo
+
+    if hasattr(vision, "mktemp"):
+        vision = tiny_vision_folder(vision.mktemp("llava-vision") / "clip")
+    options = {"vision_tower": str(vision), "language_model": "vlzoo-tiny-llama"}
+    options["language_model_config"] = dict(TINY_LM_CONFIG)
+    return zoo.VladVA(**{**options, **kwargs})
+
+
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test (the CPUs are shared and contended)."""

@@ -2,7 +2,7 @@
 
 from zoo.losses.contrastive import contrastive_loss, negclip_loss, unicl_loss
 from zoo.losses.distributed import all_reduce_sum, gather, gather_with_grad, rank, world_size
-from zoo.losses.language import IGNORE_INDEX, causal_lm_loss, supervised_token_count
+from zoo.losses.language import IGNORE_INDEX, causal_lm_loss, sequence_nll, supervised_token_count
 
 __all__ = [
     "IGNORE_INDEX",
@@ -13,6 +13,7 @@ __all__ = [
     "gather_with_grad",
     "negclip_loss",
     "rank",
+    "sequence_nll",
     "supervised_token_count",
     "unicl_loss",
     "world_size",

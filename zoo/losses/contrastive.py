@@ -8,11 +8,16 @@ import torch.nn.functional as F
 from zoo.losses.distributed import gather, gather_with_grad
 
 
-def _same_image_mask(image_ids: torch.Tensor | None, n_columns: int) -> torch.Tensor | None:
-    """[N, n_columns] True where column j < N is another caption of row i's image (a false negative)."""
+def _same_image_mask(
+    image_ids: torch.Tensor | None, n_columns: int, keep: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """[N, n_columns] True where column j < N is another caption of row i's image (a false negative); ``keep``:
+    the gathered rows that take part."""
     if image_ids is None:
         return None
     ids = gather(image_ids)
+    if keep is not None:
+        ids = ids[keep]
     same = ids[:, None] == ids[None, :]
     same.fill_diagonal_(False)
     return F.pad(same, (0, n_columns - len(ids)), value=False)
@@ -23,6 +28,7 @@ def contrastive_loss(
     text_features: torch.Tensor,
     logit_scale: torch.Tensor,
     image_ids: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Symmetric InfoNCE of CLIP (Radford et al., 2021, Fig. 3 pseudo-code).
 
@@ -35,11 +41,13 @@ def contrastive_loss(
         logit_scale: the temperature ``s = exp(t)`` (0-d or shape ``[1]``), already clamped.
         image_ids: optional ``[B]`` image identities; another caption of the same image is then not
             used as a negative (its logit is removed from both softmaxes).
+        valid: optional ``[B]`` bool, False for a row without a pair (an image without a short caption): it is
+            neither a query nor a negative; the loss is over the valid rows of the global batch (0 if none).
 
     Returns:
         ``{"contrastive_loss": scalar}``.
     """
-    return negclip_loss(image_features, text_features, None, None, logit_scale, image_ids, "contrastive_loss")
+    return negclip_loss(image_features, text_features, None, None, logit_scale, image_ids, "contrastive_loss", valid)
 
 
 def negclip_loss(
@@ -50,6 +58,7 @@ def negclip_loss(
     logit_scale: torch.Tensor,
     image_ids: torch.Tensor | None = None,
     name: str = "negclip_loss",
+    valid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """NegCLIP (Yuksekgonul et al., ICLR 2023, Sec. 4): CLIP with hard-negative captions.
 
@@ -64,12 +73,21 @@ def negclip_loss(
         negative_mask: ``[B, K]`` bool, True where the negative exists.
         logit_scale: the temperature ``s = exp(t)``, already clamped.
         image_ids: optional ``[B]`` image identities (see :func:`contrastive_loss`).
+        valid: optional ``[B]`` rows that take part (see :func:`contrastive_loss`; not with hard negatives).
 
     Returns:
         ``{name: scalar}``.
     """
     images = gather_with_grad(image_features)
     texts = gather_with_grad(text_features)
+    keep = None
+    if valid is not None:
+        if negative_features is not None:
+            raise ValueError("valid rows with hard negatives are not supported")
+        keep = gather(valid.bool())
+        images, texts = images[keep], texts[keep]
+        if not len(images):  # no pair anywhere: nothing to contrast (a zero that keeps the graph connected)
+            return {name: (image_features.sum() + text_features.sum()) * 0}
     candidates, column_valid = texts, None
     if negative_features is not None:
         negatives = gather_with_grad(negative_features).flatten(0, 1)
@@ -80,7 +98,7 @@ def negclip_loss(
     logits_per_text = logit_scale * texts @ images.T
     if column_valid is not None:
         logits_per_image = logits_per_image.masked_fill(~column_valid[None, :], float("-inf"))
-    false_negatives = _same_image_mask(image_ids, logits_per_image.shape[1])
+    false_negatives = _same_image_mask(image_ids, logits_per_image.shape[1], keep)
     if false_negatives is not None:
         logits_per_image = logits_per_image.masked_fill(false_negatives, float("-inf"))
         logits_per_text = logits_per_text.masked_fill(false_negatives[:, : len(images)], float("-inf"))

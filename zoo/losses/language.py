@@ -45,12 +45,25 @@ def causal_lm_loss(
     Returns:
         ``{"lm_loss": Σ CE / N · world}``; with one process, the mean CE over supervised tokens.
     """
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    states = hidden[:, :-1][keep]
-    logits = F.linear(states, head_weight, head_bias).float()
-    total = F.cross_entropy(logits, targets[keep], reduction="sum")
+    total, _ = sequence_nll(hidden, labels, head_weight, head_bias)
     if num_supervised is None:
         num_supervised = supervised_token_count(labels)
     # clamp: a step with no supervised token anywhere gives 0, not NaN (the data module refuses such samples)
-    return {"lm_loss": total * world_size() / num_supervised.clamp(min=1).to(total.dtype)}
+    return {"lm_loss": total.sum() * world_size() / num_supervised.clamp(min=1).to(total.dtype)}
+
+
+def sequence_nll(
+    hidden: torch.Tensor, labels: torch.Tensor, head_weight: torch.Tensor, head_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed next-token cross-entropy and supervised-token count, ``([B], [B])``.
+
+    Position t of ``hidden`` [B, L, D] predicts ``labels[:, t + 1]``; logits are computed only at supervised
+    positions (labels ≠ −100), in float32. A row's values do not depend on the other rows of the batch.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = F.linear(hidden[:, :-1][keep], head_weight, head_bias).float()
+    per_token = F.cross_entropy(logits, targets[keep], reduction="none")
+    rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(targets)[keep]
+    total = torch.zeros(len(labels), device=per_token.device, dtype=per_token.dtype).index_add(0, rows, per_token)
+    return total, keep.sum(1)

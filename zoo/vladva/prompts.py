@@ -1,0 +1,231 @@
+"""VladVA's two sequences (Ouali, Bulat et al., 2025, Sec. 3): token ids, soft-prompt slots, summary positions and
+next-token labels, built segment by segment from configurable templates.
+
+Templates are strings with the placeholders ``{prompt}`` (the handcrafted prompt, whose tokens soft prompts replace),
+``<image>`` (the image span), ``{caption}`` (the short caption) and ``{long_caption}``. A space written before a
+placeholder belongs to it (tokenised with it, as in the whole string). Defaults, LLaVA-1.5's chat format as the
+paper writes it::
+
+    image: "{system} USER: {prompt} <image> ASSISTANT:"  +  detail: "</s>USER: Describe the image in detail.
+                                                                      ASSISTANT: {long_caption}</s>"
+    text:  "{system} USER: {prompt} {caption} ASSISTANT:"
+
+The **summary token** is the last token of the first turn (``ASSISTANT:``'s ``:``), the position that would
+generate the one-word answer. The detail turn follows it in the same image sequence, so one forward pass serves
+both losses; the next-token labels cover exactly the long caption's tokens and what follows it (``</s>``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+import torch
+
+from zoo.backbones.llava.conversation import IGNORE_INDEX, IMAGE_TOKEN, VICUNA_V1_SYSTEM, InvalidSampleError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Modality = Literal["image", "text"]
+IMAGE_PROMPT = "Summarize the provided image in one word:"
+TEXT_PROMPT = "Summarize the provided text in one word:"
+IMAGE_TEMPLATE = VICUNA_V1_SYSTEM + " USER: {prompt} <image> ASSISTANT:"
+TEXT_TEMPLATE = VICUNA_V1_SYSTEM + " USER: {prompt} {caption} ASSISTANT:"
+DETAIL_TEMPLATE = "</s>USER: Describe the image in detail. ASSISTANT: {long_caption}</s>"
+_PLACEHOLDER = re.compile(r"( ?)(\{prompt\}|\{caption\}|\{long_caption\}|<image>)")
+
+
+class EmbeddingPrompts(TypedDict, total=False):
+    """The wording of VladVA's sequences (recorded in checkpoints): ``image_prompt`` / ``text_prompt`` (the
+    handcrafted prompts), ``image_template`` / ``text_template`` (the first turns) and ``detail_template`` (the
+    image sequence's second turn; ``{long_caption}`` and the text after it are supervised)."""
+
+    image_prompt: str
+    text_prompt: str
+    image_template: str
+    text_template: str
+    detail_template: str
+
+
+PROMPT_DEFAULTS: EmbeddingPrompts = {
+    "image_prompt": IMAGE_PROMPT,
+    "text_prompt": TEXT_PROMPT,
+    "image_template": IMAGE_TEMPLATE,
+    "text_template": TEXT_TEMPLATE,
+    "detail_template": DETAIL_TEMPLATE,
+}
+_REQUIRED = {
+    "image_template": ("{prompt}", "<image>"),
+    "text_template": ("{prompt}", "{caption}"),
+    "detail_template": ("{long_caption}",),
+}
+
+
+def _pieces(template: str) -> list[tuple[str, str]]:
+    """``(kind, text)`` pieces of a template: kind ``literal`` or a placeholder's name; the space before a
+    placeholder goes with it (``text`` holds that space)."""
+    pieces, start = [], 0
+    for match in _PLACEHOLDER.finditer(template):
+        if match.start() > start:
+            pieces.append(("literal", template[start : match.start()]))
+        pieces.append((match.group(2).strip("{}<>"), match.group(1)))
+        start = match.end()
+    if start < len(template):
+        pieces.append(("literal", template[start:]))
+    return pieces
+
+
+class EmbeddingSequences:
+    """Tokenises VladVA's image and text sequences for a batch (picklable: runs in data-loader workers).
+
+    Call it with the short and long captions of a batch (``None`` where an image lacks one) to get, right-padded
+    (or left-padded with ``padding_side="left"``)::
+
+        image_input_ids, image_attention_mask, image_soft_mask, image_summary_index   [B, Li] / [B]
+        labels                                         [B, Li]   −100 except the long caption and "</s>"
+        text_input_ids, text_attention_mask, text_soft_mask, text_summary_index       [B, Lt] / [B]
+        has_short, has_long                            [B] bool
+
+    ``*_soft_mask`` marks the handcrafted prompt's tokens (the soft prompts' slots); ``*_summary_index`` the summary
+    token. A row without a short caption embeds an empty caption (masked out of the loss by ``has_short``); a row
+    without a long caption stops after the first turn. ``max_length`` cuts the long caption's tail (then the short
+    caption's), never the first turn's template.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_tokens: int,
+        prompts: EmbeddingPrompts | None = None,
+        max_length: int = 512,
+        padding_side: Literal["right", "left"] = "right",
+    ) -> None:
+        self.prompts: EmbeddingPrompts = {**PROMPT_DEFAULTS, **(prompts or {})}
+        unknown = set(self.prompts) - set(PROMPT_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown prompt settings {sorted(unknown)}: expected {sorted(PROMPT_DEFAULTS)}")
+        for key, needed in _REQUIRED.items():
+            missing = [p for p in needed if p not in self.prompts[key]]
+            if missing:
+                raise ValueError(f"prompts.{key} {self.prompts[key]!r} lacks {missing}")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.tokenizer, self.image_tokens, self.max_length, self.padding_side = (
+            tokenizer, image_tokens, max_length, padding_side
+        )  # fmt: skip
+        self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def prompt_ids(self, modality: Modality) -> list[int]:
+        """Token ids of a modality's handcrafted prompt as it sits in its template (its leading space included):
+        the soft prompts' initial values are these tokens' embeddings."""
+        space = next(text for kind, text in _pieces(self.prompts[f"{modality}_template"]) if kind == "prompt")
+        ids = self._ids(space + self.prompts[f"{modality}_prompt"])
+        if self.image_id in ids:
+            raise ValueError(f"the {modality} prompt holds {IMAGE_TOKEN}: soft prompts never start from its embedding")
+        return ids
+
+    def caption_prefix(self) -> str:
+        """The text tokenised before a caption (the template's space before ``{caption}``)."""
+        return next(text for kind, text in _pieces(self.prompts["text_template"]) if kind == "caption")
+
+    def first_turn(self, modality: Modality, caption: str = "") -> tuple[list[int], list[bool], int]:
+        """``(ids, soft_mask, caption_start)`` of a modality's first turn, BOS first; the summary token is last."""
+        ids = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        soft, caption_start = [False] * len(ids), -1
+        for kind, text in _pieces(self.prompts[f"{modality}_template"]):
+            if kind == "prompt":
+                piece = self.prompt_ids(modality)
+            elif kind == "image":
+                piece = self._ids(text) + [self.image_id] * self.image_tokens
+            elif kind == "caption":
+                caption_start = len(ids)
+                piece = self._ids(text + caption) if caption else []
+            else:
+                piece = self._ids(text)
+            ids += piece
+            soft += [kind == "prompt"] * len(piece)
+        return ids, soft, caption_start
+
+    def detail_turn(self, long_caption: str) -> tuple[list[int], list[int]]:
+        """``(ids, labels)`` of the image sequence's second turn: the long caption and the text after it supervised."""
+        ids: list[int] = []
+        labels: list[int] = []
+        supervised = False
+        for kind, text in _pieces(self.prompts["detail_template"]):
+            piece = self._ids(text + long_caption) if kind == "long_caption" else self._ids(text)
+            supervised = supervised or kind == "long_caption"
+            ids += piece
+            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+        return ids, labels
+
+    def image_row(self, long_caption: str | None, key: str = "?") -> dict[str, list]:
+        ids, soft, _ = self.first_turn("image")
+        if len(ids) > self.max_length:
+            raise InvalidSampleError(
+                key, f"the image prompt alone has {len(ids)} tokens > max_length {self.max_length}"
+            )
+        labels = [IGNORE_INDEX] * len(ids)
+        summary = len(ids) - 1
+        if long_caption:
+            more, more_labels = self.detail_turn(long_caption)
+            room = self.max_length - len(ids)
+            ids, labels = ids + more[:room], labels + more_labels[:room]
+            soft = soft + [False] * len(more[:room])
+        return {"ids": ids, "soft": soft, "labels": labels, "summary": summary}
+
+    def text_row(self, caption: str | None, key: str = "?") -> dict[str, list]:
+        ids, soft, start = self.first_turn("text", caption or "")
+        excess = len(ids) - self.max_length
+        if excess > 0:  # cut the caption's tail, keep the template (and the summary token) whole
+            caption_length = len(self.first_turn("text", caption or "")[0]) - len(self.first_turn("text")[0])
+            if excess > caption_length:
+                raise InvalidSampleError(key, f"the text prompt alone exceeds max_length {self.max_length}")
+            end = start + caption_length
+            ids, soft = ids[: end - excess] + ids[end:], soft[: end - excess] + soft[end:]
+        return {"ids": ids, "soft": soft, "summary": len(ids) - 1}
+
+    def pad(self, rows: list[dict[str, list]], prefix: str) -> dict[str, torch.Tensor]:
+        """Pad rows to one length; the summary index follows the padding."""
+        width = max(len(row["ids"]) for row in rows)
+        out: dict[str, list] = {"input_ids": [], "attention_mask": [], "soft_mask": [], "summary_index": []}
+        if "labels" in rows[0]:
+            out["labels"] = []
+        for row in rows:
+            gap = width - len(row["ids"])
+            left = gap if self.padding_side == "left" else 0
+
+            def padded(values: list, fill: object, gap: int = gap, left: int = left) -> list:
+                return [fill] * left + values + [fill] * (gap - left)
+
+            out["input_ids"].append(padded(row["ids"], self.pad_id))
+            out["attention_mask"].append(padded([1] * len(row["ids"]), 0))
+            out["soft_mask"].append(padded(row["soft"], False))
+            out["summary_index"].append(row["summary"] + left)
+            if "labels" in row:
+                out["labels"].append(padded(row["labels"], IGNORE_INDEX))
+        names = {"labels": "labels"}
+        return {names.get(k, f"{prefix}_{k}"): torch.tensor(v) for k, v in out.items()}
+
+    def images(self, n: int, long_captions: list[str | None] | None = None) -> dict[str, torch.Tensor]:
+        """The image sequences of ``n`` images (their long captions appended where given)."""
+        longs = long_captions or [None] * n
+        return self.pad([self.image_row(long) for long in longs], "image")
+
+    def texts(self, captions: list[str | None]) -> dict[str, torch.Tensor]:
+        """The text sequences of ``captions``."""
+        return self.pad([self.text_row(caption) for caption in captions], "text")
+
+    def __call__(
+        self, shorts: list[str | None], longs: list[str | None], keys: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        keys = keys or [str(i) for i in range(len(shorts))]
+        batch = self.pad([self.image_row(long, key) for long, key in zip(longs, keys)], "image")
+        batch.update(self.pad([self.text_row(short, key) for short, key in zip(shorts, keys)], "text"))
+        batch["has_short"] = torch.tensor([bool(s) for s in shorts])
+        batch["has_long"] = torch.tensor([bool(long) for long in longs])
+        return batch
