@@ -106,10 +106,15 @@ def test_soft_prompts_at_init_give_exactly_the_handcrafted_prompt(llava_vision_f
             assert torch.equal(soft.sequence_states(*args), hard.sequence_states(*args))
     # read back as text: at init, the handcrafted prompt itself
     assert soft.soft_prompt_words()["text"] == hard.tokenizer.decode(hard.sequences.prompt_ids("text"))
-    # a moved soft prompt changes the embedding (the splice is live)
+    # a moved soft prompt changes the embedding (the splice is live); handcrafted() turns it off again
     with torch.no_grad():
         soft.soft_prompts["text"].add_(0.1)
         assert not torch.allclose(soft.encode_text("a star"), hard.encode_text("a star"))
+        with soft.handcrafted():
+            assert torch.equal(soft.encode_text("a star"), hard.encode_text("a star"))
+        with soft.handcrafted({"text_prompt": "Describe the text in one word:"}):
+            assert not torch.allclose(soft.encode_text("a star"), hard.encode_text("a star"))
+        assert soft.soft_prompts is not None
 
 
 def test_only_soft_prompts_lora_and_the_temperature_get_gradients(model):

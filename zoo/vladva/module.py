@@ -276,6 +276,21 @@ class VladVA(LLaVA):
         else:
             yield
 
+    @contextlib.contextmanager
+    def handcrafted(self, prompts: EmbeddingPrompts | None = None) -> Iterator[None]:
+        """Inside the block, embed with handcrafted prompts: soft prompts off, the wording changed by ``prompts``
+        (e.g. ``{"image_prompt": ..., "text_prompt": ...}``; prompt analysis). With :meth:`adapters_disabled` too,
+        the model is the base LVLM with the handcrafted prompts (zero-shot)."""
+        saved = self.sequences, self.soft_prompts
+        hp = self.hparams
+        wording = {**self.sequences.prompts, **(prompts or {})}
+        self.sequences = EmbeddingSequences(self.tokenizer, self.image_tokens, wording, hp.max_length, hp.padding_side)
+        self.soft_prompts = None
+        try:
+            yield
+        finally:
+            self.sequences, self.soft_prompts = saved
+
     # ---------------------------------------------------------------------------------- export
     def embedding_recipe(self) -> dict[str, Any]:
         """What plain transformers needs to embed as this model does (``vladva.json``): per modality the token ids
