@@ -9,18 +9,16 @@ every rank (zoo/losses/language.py), not a mean of per-rank means. And the run n
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.ddp_first_step import assert_ranks_equal_one_process, run_ranks, train_rank, trainable
+
 TOWER = {"image_size": 42, "patch_size": 14, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
 LM = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-STEPS = 2  # DDP finds a parameter that took no gradient when the next step starts
 
 
 def _chat(*turns: str) -> list[dict[str, str]]:
@@ -78,60 +76,19 @@ def batch_of(model, records: list[dict]) -> dict:
     return InstructionCollator(tok.pad_token_id, tok.image_token_id, data["image_tokens"])(samples)
 
 
-def trainable(model) -> dict[str, torch.nn.Parameter]:
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
 def main(out: Path, tower: Path) -> None:
-    """One rank of the DDP run (Lightning starts rank 1 by running this script again)."""
-    from lightning.pytorch import Callback, Trainer
-    from lightning.pytorch.strategies import DDPStrategy
-    from torch.utils.data import DataLoader
-
+    """One rank of the DDP run."""
     torch.set_num_threads(1)
-
-    class FirstStep(Callback):
-        """The first step's loss and gradients (after DDP's all-reduce, before clipping and the optimiser)."""
-
-        def on_train_start(self, trainer, module):
-            ddp = trainer.strategy.model  # the wrapper Lightning trains (unwrapped again at teardown)
-            self.wrapper = {"find_unused_parameters": ddp.find_unused_parameters, "wrapper": type(ddp).__name__}
-
-        def on_before_optimizer_step(self, trainer, module, optimizer):
-            if trainer.global_step == 0:
-                self.grads = {name: p.grad.clone() for name, p in trainable(module).items() if p.grad is not None}
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            if batch_idx == 0:
-                self.loss = outputs["loss"].detach().clone()
-
     rank = int(os.environ.get("LOCAL_RANK", 0))
     model = tiny_llava(tower)
-    batch = batch_of(model, RANK_RECORDS[rank])
-    first = FirstStep()
-    trainer = Trainer(
-        accelerator="cpu", devices=2, strategy=DDPStrategy(timeout=timedelta(seconds=120)), max_steps=STEPS,
-        use_distributed_sampler=False, callbacks=[first], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out,
-    )  # fmt: skip
-    trainer.fit(model, train_dataloaders=DataLoader([batch] * STEPS, batch_size=None))
-    result = {"loss": first.loss, "grads": first.grads, "steps": trainer.global_step, **first.wrapper}
-    torch.save(result, out / f"rank{trainer.global_rank}.pt")
+    train_rank(model, batch_of(model, RANK_RECORDS[rank]), out)
 
 
 @pytest.mark.slow
 def test_ddp_with_a_text_only_rank_equals_one_process_and_needs_no_find_unused_parameters(tmp_path):
     torch.set_num_threads(1)
     tower = write_tower(tmp_path / "tower")
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, str(Path(__file__).resolve()), str(tmp_path), str(tower)]
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-6000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
-    for result in ranks:  # the whole run, on plain DDP, every step
-        assert result["steps"] == STEPS and result["wrapper"] == "DistributedDataParallel"
-        assert result["find_unused_parameters"] is False
+    ranks = run_ranks(__file__, tmp_path, str(tower))  # the whole run, on plain DDP, every step
 
     model = tiny_llava(tower).train()
     both = batch_of(model, RANK_RECORDS[0] + RANK_RECORDS[1])
@@ -143,11 +100,7 @@ def test_ddp_with_a_text_only_rank_equals_one_process_and_needs_no_find_unused_p
     assert any("multi_modal_projector" in name for name in grads) and any("layers.1." in name for name in grads)
     assert not any("vision_tower" in name for name in grads)
 
-    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach(), rtol=1e-5, atol=1e-5)
-    for result in ranks:
-        assert sorted(result["grads"]) == sorted(grads)  # every trainable tensor has a gradient on every rank
-        for name, grad in grads.items():
-            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: n + m)
+    assert_ranks_equal_one_process(ranks, loss, grads)
 
 
 if __name__ == "__main__":
