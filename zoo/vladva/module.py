@@ -298,7 +298,7 @@ class VladVA(LLaVA):
         recipe: dict[str, Any] = {
             "prompts": dict(self.sequences.prompts),
             "summary": "final-layer hidden state (after the final norm) at the last token",
-            "logit_scale": float(self.logit_scale()),
+            "logit_scale": float(self.logit_scale(detach=True)),
         }
         for modality in ("image", "text"):
             ids, soft, caption_start = self.sequences.first_turn(modality)
