@@ -26,8 +26,8 @@ class Record(Callback):
             trainer.should_stop = True
 
 
-def _run(tmp_path, name, record, *extra, data=()):
-    args = ["--config", str(ROOT / "configs" / "negclip.yaml"), "--trainer.max_epochs", "1", *data]
+def _run(tmp_path, name, record, *extra, data=(), config="negclip.yaml"):
+    args = ["--config", str(ROOT / "configs" / config), "--trainer.max_epochs", "1", *data]
     args += ["--data.init_args.shapesworld.n_train", "64", "--data.init_args.batch_size", "8"]
     args += ["--data.init_args.num_workers", "2"]
     args += ["--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]"]
@@ -63,3 +63,21 @@ def test_mid_epoch_resume_continues_the_same_batches(source, tmp_path, monkeypat
     assert resumed.losses == pytest.approx(straight.losses[4:], rel=1e-6)
     for name, param in whole.model.named_parameters():
         assert torch.allclose(param, rest.model.get_parameter(name), atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_vladva_resumes_from_an_adapter_only_checkpoint_with_the_same_losses(tmp_path, monkeypatch):
+    """Soft prompts, LoRA, temperature and their optimiser states come back from a checkpoint that holds only them."""
+    monkeypatch.chdir(tmp_path)
+    data = ("--data.init_args.num_workers", "0", "--model.init_args.language_model_config", "{num_hidden_layers: 2}")
+    straight = Record()
+    _run(tmp_path, "straight", straight, data=data, config="vladva.yaml")
+    assert len(straight.losses) == 8
+    interrupted = Record(stop_at=3, path=tmp_path / "mid.ckpt")
+    _run(tmp_path, "first", interrupted, data=data, config="vladva.yaml")
+    saved = torch.load(tmp_path / "mid.ckpt", weights_only=False)
+    assert "frozen_base" in saved
+    assert all("lora_" in k or "soft_prompts" in k or "logit" in k for k in saved["state_dict"])
+    resumed = Record()
+    _run(tmp_path, "resumed", resumed, str(tmp_path / "mid.ckpt"), data=data, config="vladva.yaml")
+    assert resumed.losses == pytest.approx(straight.losses[3:], rel=1e-5)
