@@ -49,17 +49,32 @@ def caption_pair(fields: Any, where: str) -> tuple[list[str], str | None]:
     return [s.strip() for s in shorts if s.strip()], (long.strip() or None) if long else None
 
 
+LONG_WORDS = 30  # a LLaVA-style answer of at least this many words is a long caption (VladVA: short < 30 tokens)
+
+
+def llava_caption_pair(conversations: Any, where: str) -> dict[str, Any]:
+    """``short`` / ``long`` fields of a LLaVA-style record's ``conversations``: every answer (``gpt`` turn) of
+    fewer than :data:`LONG_WORDS` words is a short caption, the first longer one the long caption."""
+    if not isinstance(conversations, list) or not all(isinstance(t, dict) for t in conversations):
+        raise CorruptSampleError(f"{where}: 'conversations' must be a list of turns, got {conversations!r}")
+    answers = [str(t.get("value", "")).strip() for t in conversations if t.get("from") == "gpt"]
+    longs = [a for a in answers if len(a.split()) >= LONG_WORDS]
+    return {"short": [a for a in answers if a and len(a.split()) < LONG_WORDS], "long": longs[0] if longs else None}
+
+
 def read_pair_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON list / JSON-lines / CSV manifest of ``image`` + ``short`` and/or ``long``. Rows naming
-    the same image merge (their short captions add up; the first long caption is kept), as in
-    :func:`~datamodules.sources.read_manifest`. Image paths are relative to the manifest's folder unless absolute."""
+    """Records of a JSON list / JSON-lines / CSV manifest of ``image`` + ``short`` and/or ``long``, or of LLaVA-style
+    records (``image`` + ``conversations``: :func:`llava_caption_pair`). Rows naming the same image merge (their
+    short captions add up; the first long caption is kept), as in :func:`~datamodules.sources.read_manifest`. Image
+    paths are relative to the manifest's folder unless absolute."""
     path = Path(path)
     records: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(read_manifest_rows(path)):
         where = f"manifest {path}, record {i}"
         if not isinstance(row, dict) or "image" not in row:
             raise CorruptSampleError(f"{where}: needs 'image' and 'short' and/or 'long', got {row!r}")
-        shorts, long = caption_pair(row, where)
+        fields = llava_caption_pair(row["conversations"], where) if "conversations" in row else row
+        shorts, long = caption_pair(fields, where)
         image = Path(row["image"]) if Path(row["image"]).is_absolute() else path.parent / row["image"]
         key = str(row.get("key", row["image"]))
         record = records.setdefault(

@@ -200,3 +200,27 @@ def test_retrieval_batches_are_images_and_short_captions(tmp_path):
     dm = _connect(ShortLongCaptionDataModule(source="manifest", val=_manifest(tmp_path, rows), num_workers=0))
     with pytest.raises(ValueError, match="long-only has no short caption: retrieval evaluation needs short captions"):
         list(dm.retrieval_dataloader("val"))
+
+
+def test_llava_style_records_give_short_answers_as_captions_and_a_long_answer_as_the_long_caption(tmp_path):
+    long = "There are two objects in the image. " + "A red square is in the top left corner of the picture. " * 3
+    rows = [
+        {"id": "1", "image": "a.png", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe it briefly."}, {"from": "gpt", "value": "a red square"},
+            {"from": "human", "value": "Describe the image in detail."}, {"from": "gpt", "value": long},
+        ]},
+        {"id": "2", "image": "a.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "two shapes"},
+        ]},
+        {"id": "3", "image": "b.png", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe it in detail."}, {"from": "gpt", "value": long},
+        ]},
+    ]  # fmt: skip
+    (tmp_path / "llava.json").write_text(json.dumps(rows))
+    records = {r["key"]: r for r in caption_pairs.read_pair_manifest(tmp_path / "llava.json")}
+    assert records["a.png"]["captions"] == ["a red square", "two shapes"]  # the same image's records merge
+    assert records["a.png"]["long_caption"] == long.strip()
+    assert records["b.png"]["captions"] == [] and records["b.png"]["long_caption"] == long.strip()
+    (tmp_path / "bad.json").write_text(json.dumps([{"image": "c.png", "conversations": "hello"}]))
+    with pytest.raises(CorruptSampleError, match="bad.json, record 0: 'conversations' must be a list"):
+        caption_pairs.read_pair_manifest(tmp_path / "bad.json")
