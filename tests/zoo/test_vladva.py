@@ -269,3 +269,15 @@ def test_nothing_to_train_is_refused_by_name(llava_vision_folder):
     model = tiny_vladva(llava_vision_folder, soft_prompts=False, learn_temperature=False)
     with pytest.raises(ValueError, match="nothing to train"):
         model.configure_optimizers()
+
+
+def test_the_evaluation_suite_scores_a_vladva_checkpoint_unchanged(llava_vision_folder, tmp_path, monkeypatch):
+    from callbacks.suite.cli import main
+
+    monkeypatch.setenv("VLZOO_CACHE", str(tmp_path / "cache"))
+    save(tiny_vladva(llava_vision_folder, lora={"r": 4}), tmp_path / "vladva.ckpt")
+    argv = ["--checkpoint", str(tmp_path / "vladva.ckpt"), "--module", "zoo.VladVA", "--out", str(tmp_path / "s.json")]
+    report = main([*argv, "--batch-size", "64", "--num-workers", "0"])
+    figures = report["benchmarks"]
+    assert report["model"]["class"] == "VladVA"
+    assert 0 <= figures["shapesworld/retrieval"]["i2t_R@1"] <= 1 and "accuracy" in figures["shapesworld/swap_object"]

@@ -229,9 +229,11 @@ class VladVA(LLaVA):
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        if self.soft_prompts is not None:
-            for modality, text in self.soft_prompt_words().items():
-                rank_zero_info(f"soft {modality} prompt, nearest vocabulary tokens: {text!r}")
+        experiment = getattr(self.logger, "experiment", None) if self.trainer.is_global_zero else None
+        for modality, text in self.soft_prompt_words().items():  # the paper reads the soft prompts back as text
+            rank_zero_info(f"soft {modality} prompt, nearest vocabulary tokens: {text!r}")
+            if hasattr(experiment, "add_text"):  # TensorBoard
+                experiment.add_text(f"soft_prompts/{modality}", text, self.global_step)
 
     def soft_prompt_words(self) -> dict[str, str]:
         """The soft prompts read back as text: each vector's nearest vocabulary embedding (cosine), decoded."""
