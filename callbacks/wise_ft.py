@@ -10,12 +10,20 @@ name, default ``eval/suite``.)
 θ_0 and θ_1 are each a zoo checkpoint (``.ckpt``, any CLIP-family method; LoRA adapters merged) or an
 open_clip model (a name with ``--*-pretrained``, or ``local-dir:``). Writes ``wise_ft.json`` (every
 point's suite figures and the two axis summaries) and ``wise_ft.png``.
+
+A method over a frozen base with adapters (``--module zoo.VladVA``) interpolates what trains: θ_1 a checkpoint,
+θ_0 another checkpoint of it or ``--zeroshot base``, the same model with its adapters at their start (LoRA's B at
+zero, soft prompts at the handcrafted prompt: ``zero_shot_state()``). With A fixed, (1 − α)·0 + α·B is the
+ensemble (1 − α)·W + α·(W + BA) of the merged weights::
+
+    vlzoo-wise-ft --module zoo.VladVA --zeroshot base --finetuned runs/vladva/version_0/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -78,25 +86,48 @@ def axis_value(results: dict[str, dict], patterns: list[str]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def adapter_states(module: str, zeroshot: str, finetuned: str) -> tuple[Any, dict, dict]:
+    """The model of ``finetuned`` (a checkpoint of ``module``) and the trainable tensors of θ_0 (``"base"``: its
+    ``zero_shot_state()``; else another checkpoint) and θ_1."""
+    from zoo.loading import load_model
+
+    model, _ = load_model(finetuned, module, device="cpu")
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    state1 = {name: param.detach().clone() for name, param in model.named_parameters() if name in names}
+    if zeroshot == "base":
+        if not hasattr(model, "zero_shot_state"):
+            raise ValueError(f"{module} has no zero_shot_state(): give --zeroshot a checkpoint")
+        return model, model.zero_shot_state(), state1
+    other = dict(load_model(zeroshot, module, device="cpu")[0].named_parameters())
+    return model, {name: other[name].detach().clone() for name in names if name in other}, state1
+
+
 def wise_ft(
-    theta0: OpenCLIPBackbone,
-    theta1: OpenCLIPBackbone,
+    theta0: OpenCLIPBackbone | dict[str, torch.Tensor],
+    theta1: OpenCLIPBackbone | dict[str, torch.Tensor],
     benchmarks_config: str | Path,
     alphas: list[float],
     batch_size: int = 128,
     num_workers: int = 2,
+    model: Any = None,
 ) -> dict[str, Any]:
-    """Suite figures of every interpolation point, plus each point's axis summaries."""
+    """Suite figures of every interpolation point, plus each point's axis summaries. θ's are open_clip backbones,
+    or (with ``model``) state dicts of ``model``'s trainable tensors (:func:`adapter_states`)."""
     import zoo
 
-    state0, state1 = theta0.open_clip_state_dict(), theta1.open_clip_state_dict()
-    model = zoo.CLIP(backbone={"model_name": theta0.model_name, "model_cfg": theta0.model_cfg})
+    if model is None:
+        state0, state1 = theta0.open_clip_state_dict(), theta1.open_clip_state_dict()
+        model = zoo.CLIP(backbone={"model_name": theta0.model_name, "model_cfg": theta0.model_cfg})
+        load = model.backbone.load_open_clip_state_dict
+    else:
+        state0, state1 = theta0, theta1
+        load = functools.partial(model.load_state_dict, strict=False)  # the trainable tensors only
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     benchmarks = suite_benchmarks(benchmarks_config, model)
     points = []
     for alpha in alphas:
-        model.backbone.load_open_clip_state_dict(interpolate(state0, state1, alpha))
+        load(interpolate(state0, state1, alpha))
         results = evaluate_suite(model, benchmarks, batch_size=batch_size, num_workers=num_workers)
         summary = {axis: axis_value(results, patterns) for axis, patterns in AXES.items()}
         print(f"alpha {alpha:.2f}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in summary.items() if v is not None))
@@ -138,10 +169,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--zeroshot", required=True, help="θ0: .ckpt, open_clip name or local-dir:")
+    parser.add_argument("--zeroshot", required=True, help="θ0: .ckpt, open_clip name, local-dir: or base (--module)")
     parser.add_argument("--zeroshot-pretrained", default=None, help="open_clip pretrained tag of θ0")
     parser.add_argument("--finetuned", required=True, help="θ1: .ckpt, open_clip name or local-dir:")
     parser.add_argument("--finetuned-pretrained", default=None, help="open_clip pretrained tag of θ1")
+    parser.add_argument("--module", default=None, help="a zoo method over a frozen base (zoo.VladVA): θ's adapters")
     parser.add_argument("--benchmarks", default="eval/suite", help="suite YAML: a path or a packaged config name")
     parser.add_argument("--alphas", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(11)])
     parser.add_argument("--out", default="wise_ft")
@@ -154,9 +186,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
         benchmarks_config = resolve(args.benchmarks)
     except FileNotFoundError as error:
         parser.error(str(error))
-    theta0 = load_backbone(args.zeroshot, args.zeroshot_pretrained)
-    theta1 = load_backbone(args.finetuned, args.finetuned_pretrained)
-    report = wise_ft(theta0, theta1, benchmarks_config, args.alphas, args.batch_size, args.num_workers)
+    model = None
+    if args.module:
+        model, theta0, theta1 = adapter_states(args.module, args.zeroshot, args.finetuned)
+    else:
+        theta0 = load_backbone(args.zeroshot, args.zeroshot_pretrained)
+        theta1 = load_backbone(args.finetuned, args.finetuned_pretrained)
+    report = wise_ft(theta0, theta1, benchmarks_config, args.alphas, args.batch_size, args.num_workers, model)
     report.update(zeroshot=args.zeroshot, finetuned=args.finetuned, benchmarks_config=str(benchmarks_config))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

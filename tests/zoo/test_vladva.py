@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.zoo.llava_fixtures import IMAGE_SIZE, llava_vision_folder, one_thread, save, tiny_llava, tiny_vladva
+from tests.zoo.llava_fixtures import IMAGE_SIZE, llava_vision_folder, one_thread, perturb, save, tiny_llava, tiny_vladva
 
 __all__ = ["llava_vision_folder", "one_thread"]  # fixtures, used by name
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -281,3 +281,30 @@ def test_the_evaluation_suite_scores_a_vladva_checkpoint_unchanged(llava_vision_
     figures = report["benchmarks"]
     assert report["model"]["class"] == "VladVA"
     assert 0 <= figures["shapesworld/retrieval"]["i2t_R@1"] <= 1 and "accuracy" in figures["shapesworld/swap_object"]
+
+
+def test_wise_ft_from_the_base_interpolates_adapters_and_soft_prompts(llava_vision_folder, tmp_path, monkeypatch):
+    from callbacks import wise_ft
+
+    model = perturb(tiny_vladva(llava_vision_folder, lora={"r": 4, "alpha": 8}), seed=2).eval()
+    save(model, tmp_path / "vladva.ckpt")
+    base = tiny_vladva(llava_vision_folder, lora={"r": 4, "alpha": 8}).eval()
+    pixels = images(2, seed=4)
+    with torch.no_grad():
+        expected = {0.0: (base.encode_image(pixels), base.encode_text(SHORTS[:3]))}
+        expected[1.0] = (model.encode_image(pixels), model.encode_text(SHORTS[:3]))
+    seen = {}
+
+    def fake_suite(module, benchmarks, **kwargs):  # the suite's view of the model at each α
+        with torch.no_grad():
+            seen[len(seen)] = (module.encode_image(pixels), module.encode_text(SHORTS[:3]))
+        return {"fake": {"accuracy": 0.5, "i2t_R@1": 0.5}}
+
+    monkeypatch.setattr(wise_ft, "evaluate_suite", fake_suite)
+    monkeypatch.setattr(wise_ft, "suite_benchmarks", lambda config, model: [])
+    argv = ["--module", "zoo.VladVA", "--zeroshot", "base", "--finetuned", str(tmp_path / "vladva.ckpt")]
+    wise_ft.main([*argv, "--alphas", "0", "1", "--out", str(tmp_path / "wise"), "--num-workers", "0"])
+    for index, alpha in enumerate((0.0, 1.0)):
+        for got, want in zip(seen[index], expected[alpha]):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (tmp_path / "wise" / "wise_ft.png").exists()

@@ -293,6 +293,19 @@ class VladVA(LLaVA):
         finally:
             self.sequences, self.soft_prompts = saved
 
+    def zero_shot_state(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors at their start, for WiSE-FT from the base (``vlzoo-wise-ft --zeroshot base``):
+        LoRA's B at zero (the base LVLM), the soft prompts at the handcrafted prompt's embeddings; the rest (LoRA's
+        A, the temperature) as trained, which changes no embedding there."""
+        embedding = self.llava.get_input_embeddings().weight.detach()
+        state = {}
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                state[name] = torch.zeros_like(param) if ".lora_B." in name else param.detach().clone()
+                if name.startswith("soft_prompts.prompts."):
+                    state[name] = embedding[self.sequences.prompt_ids(name.rsplit(".", 1)[1])].clone()
+        return state
+
     # ---------------------------------------------------------------------------------- export
     def embedding_recipe(self) -> dict[str, Any]:
         """What plain transformers needs to embed as this model does (``vladva.json``): per modality the token ids
