@@ -141,6 +141,16 @@ def perturb(model, seed: int, scale: float = 0.05):
     return model
 
 
+def perturb_lora(model, seed: int = 1):
+    """Non-zero LoRA B matrices (peft starts them at zero, which would hide the adapters); the rest untouched."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    return model
+
+
 def save(model, path: Path) -> dict:
     """``model``'s checkpoint as a Lightning ``Trainer`` writes it, at ``path``; returns it loaded."""
     from lightning.pytorch import Trainer

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.zoo.llava_fixtures import IMAGE_SIZE, llava_vision_folder, one_thread, perturb, save, tiny_llava, tiny_vladva
+from tests.zoo.llava_fixtures import (
+    IMAGE_SIZE,
+    llava_vision_folder,
+    one_thread,
+    perturb,
+    perturb_lora,
+    save,
+    tiny_llava,
+    tiny_vladva,
+)
 
 __all__ = ["llava_vision_folder", "one_thread"]  # fixtures, used by name
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,15 +40,6 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
 
 def batch_of(model, shorts=SHORTS, longs=LONGS, seed: int = 0) -> dict:
     return {**model.sequences(list(shorts), list(longs)), "pixel_values": images(len(shorts), seed)}
-
-
-def perturb_lora(model, seed: int = 1) -> None:
-    """Non-zero LoRA B matrices (peft starts them at zero, which would hide the adapters)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(0.5 * torch.randn(param.shape, generator=generator))
 
 
 @pytest.fixture
@@ -163,6 +163,21 @@ def test_ar_labels_cover_the_long_caption_and_eos_only_and_the_summary_ignores_t
     logits = model.llava.lm_head(model._tower("image", batch, batch["pixel_values"])[0])
     reference = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
     torch.testing.assert_close(model.loss_terms(features)["ar_loss"], reference * model.hparams.ar_weight)
+
+
+def test_without_the_ar_loss_the_image_sequence_stops_after_the_first_turn(llava_vision_folder):
+    model = tiny_vladva(llava_vision_folder, ar_weight=0.0).eval()
+    batch = batch_of(model)
+    one_turn = model.sequences(list(SHORTS), [None] * len(SHORTS))
+    for key in ("image_input_ids", "image_attention_mask", "labels"):
+        assert torch.equal(batch[key], one_turn[key]), key  # no long caption appended: no compute for nothing
+    assert batch["has_long"].tolist() == [long is not None for long in LONGS]  # what the data held
+    with model.handcrafted():
+        assert torch.equal(model.sequences(list(SHORTS), list(LONGS))["image_input_ids"], one_turn["image_input_ids"])
+    features = model.features(batch)
+    assert "ar_nll" not in features and set(model.loss_terms(features)) == {"contrastive_loss"}
+    with_ar = tiny_vladva(llava_vision_folder).sequences(list(SHORTS), list(LONGS))
+    assert with_ar["image_input_ids"].shape[1] > batch["image_input_ids"].shape[1]
 
 
 def test_an_image_without_a_short_caption_is_left_out_of_the_contrastive_loss(model):

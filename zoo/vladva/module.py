@@ -104,7 +104,9 @@ class VladVA(LLaVA):
         own = inspect.signature(VladVA.__init__).parameters
         for name in [name for name in self.hparams if name not in own]:  # LLaVA's stage / template: fixed here
             del self.hparams[name]
-        self.sequences = EmbeddingSequences(self.tokenizer, self.image_tokens, prompts, max_length, padding_side)
+        self.sequences = EmbeddingSequences(
+            self.tokenizer, self.image_tokens, prompts, max_length, padding_side, long_captions=ar_weight > 0
+        )
         self.hparams["prompts"] = dict(self.sequences.prompts)  # the exact wording trained with
         self.hparams["image_spec"] = dataclasses.asdict(self.image_spec)
         embedding = self.llava.get_input_embeddings().weight
@@ -286,7 +288,9 @@ class VladVA(LLaVA):
         saved = self.sequences, self.soft_prompts
         hp = self.hparams
         wording = {**self.sequences.prompts, **(prompts or {})}
-        self.sequences = EmbeddingSequences(self.tokenizer, self.image_tokens, wording, hp.max_length, hp.padding_side)
+        self.sequences = EmbeddingSequences(
+            self.tokenizer, self.image_tokens, wording, hp.max_length, hp.padding_side, self.sequences.long_captions
+        )
         self.soft_prompts = None
         try:
             yield

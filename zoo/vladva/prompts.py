@@ -89,8 +89,9 @@ class EmbeddingSequences:
 
     ``*_soft_mask`` marks the handcrafted prompt's tokens (the soft prompts' slots); ``*_summary_index`` the summary
     token. A row without a short caption embeds an empty caption (masked out of the loss by ``has_short``); a row
-    without a long caption stops after the first turn. ``max_length`` cuts the long caption's tail (then the short
-    caption's), never the first turn's template.
+    without a long caption stops after the first turn, and so does every row with ``long_captions=False`` (no
+    next-token loss: the second turn would only cost compute; ``has_long`` still says what the data held).
+    ``max_length`` cuts the long caption's tail (then the short caption's), never the first turn's template.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class EmbeddingSequences:
         prompts: EmbeddingPrompts | None = None,
         max_length: int = 512,
         padding_side: Literal["right", "left"] = "right",
+        long_captions: bool = True,
     ) -> None:
         self.prompts: EmbeddingPrompts = {**PROMPT_DEFAULTS, **(prompts or {})}
         unknown = set(self.prompts) - set(PROMPT_DEFAULTS)
@@ -114,6 +116,7 @@ class EmbeddingSequences:
         self.tokenizer, self.image_tokens, self.max_length, self.padding_side = (
             tokenizer, image_tokens, max_length, padding_side
         )  # fmt: skip
+        self.long_captions = long_captions
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -224,7 +227,8 @@ class EmbeddingSequences:
         self, shorts: list[str | None], longs: list[str | None], keys: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
         keys = keys or [str(i) for i in range(len(shorts))]
-        batch = self.pad([self.image_row(long, key) for long, key in zip(longs, keys)], "image")
+        appended = longs if self.long_captions else [None] * len(longs)
+        batch = self.pad([self.image_row(long, key) for long, key in zip(appended, keys)], "image")
         batch.update(self.pad([self.text_row(short, key) for short, key in zip(shorts, keys)], "text"))
         batch["has_short"] = torch.tensor([bool(s) for s in shorts])
         batch["has_long"] = torch.tensor([bool(long) for long in longs])
