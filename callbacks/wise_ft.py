@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from callbacks.plotting import pyplot, save_figure
 from callbacks.suite import describe_model, evaluate_suite, suite_benchmarks
 from vlzoo_configs import resolve
 from zoo.backbones import OpenCLIPBackbone
@@ -137,10 +138,7 @@ def wise_ft(
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
     """Compositionality (y) against zero-shot classification and retrieval (x), one point per α."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     points = report["points"]
     panels = [axis for axis in ("zero_shot", "retrieval") if all(p[axis] is not None for p in points)]
@@ -160,9 +158,7 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("WiSE-FT: θ = (1 − α)·θ0 + α·θ1")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:

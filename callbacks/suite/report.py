@@ -10,6 +10,8 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 
+from callbacks.plotting import pyplot, save_figure
+
 
 def describe_model(model: LightningModule, precision: str = "32-true") -> dict[str, Any]:
     """What silently changes numbers when it drifts: activation, preprocessing, tokenizer, precision."""
@@ -47,10 +49,7 @@ def to_markdown(results: dict[str, dict]) -> str:
 def compare(reports: list[str | Path], out_dir: str | Path) -> str:
     """Side-by-side Markdown table of several suite JSON reports (written to ``out_dir/compare.md``)
     and one PNG bar chart per benchmark family (the name before ``/``). Returns the table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +83,5 @@ def compare(reports: list[str | Path], out_dir: str | Path) -> str:
         ax.set_ylabel("%")
         ax.set_title(family)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"{family}.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / f"{family}.png")
     return table
