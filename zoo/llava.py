@@ -130,15 +130,8 @@ class LLaVA(ZooModule):
         self.stage = stage
         self.template = template or ("plain" if stage == "pretrain" else "vicuna_v1")
         self.image_aspect_ratio = image_aspect_ratio or ("square" if stage == "pretrain" else "pad")
-        model, self.tokenizer, self.image_spec = build_llava(
-            model_name_or_path, vision_tower, language_model, projector, vision_feature_layer,
-            language_model_config, cache_dir, seed,
-        )  # fmt: skip
-        if image_spec is not None:
-            self.image_spec = ImageSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in image_spec.items()})
+        model = self.build_backbone()  # from the hyper-parameters just saved
         self.hparams["image_spec"] = dataclasses.asdict(self.image_spec)  # saved with the checkpoint: the preprocessing
-        self.image_tokens = num_image_tokens(model.config)
-        self.images = image_processor(self.image_spec, pad=self.image_aspect_ratio == "pad")
         if activation_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
@@ -152,6 +145,19 @@ class LLaVA(ZooModule):
             self._init_from_frozen = any(not p.requires_grad for n, p in self.named_parameters() if n in loaded)
 
     # ------------------------------------------------------------------------------ structure
+    def build_backbone(self) -> LlavaForConditionalGeneration:
+        """The hyper-parameters' model (``build_llava``); sets tokenizer, image_spec, image_tokens and images."""
+        hp, spec = self.hparams, self.hparams.image_spec
+        model, self.tokenizer, self.image_spec = build_llava(
+            hp.model_name_or_path, hp.vision_tower, hp.language_model, hp.projector, hp.vision_feature_layer,
+            hp.language_model_config, hp.cache_dir, hp.seed,
+        )  # fmt: skip
+        if spec is not None:
+            self.image_spec = ImageSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+        self.image_tokens = num_image_tokens(model.config)
+        self.images = image_processor(self.image_spec, pad=self.image_aspect_ratio == "pad")
+        return model
+
     @property
     def llava(self) -> LlavaForConditionalGeneration:
         """The transformers LLaVA (inside peft's wrapper when LoRA is on)."""

@@ -23,7 +23,9 @@ from zoo.base import ZooModule
 from zoo.inputs import Images, Texts, image_batch, text_list
 from zoo.llava import ImageTransform, LLaVA
 from zoo.losses import all_reduce_sum, contrastive_loss, sequence_nll, world_size
+from zoo.vladva import qwen2_vl
 from zoo.vladva.prompts import EmbeddingPrompts, EmbeddingSequences, Modality
+from zoo.vladva.qwen2_vl import QWEN2_VL, backbone_type
 from zoo.vladva.soft_prompts import SoftPrompts
 
 MAX_LOGIT_SCALE = 100.0
@@ -39,9 +41,10 @@ class VladVA(LLaVA):
 
     Args:
         model_name_or_path, vision_tower, language_model, language_model_config, projector, vision_feature_layer:
-            the base LVLM, as :class:`zoo.LLaVA` takes it (a zoo LLaVA export folder, an HF LLaVA, or parts).
+            the base LVLM, as :class:`zoo.LLaVA` takes it (a zoo LLaVA export folder, an HF LLaVA, or parts); or
+            a Qwen2-VL folder / hub id (``model_type: qwen2_vl``; :mod:`zoo.vladva.qwen2_vl`; the parts unused).
         prompts: the wording (:class:`~zoo.vladva.prompts.EmbeddingPrompts`; default the paper's prompts in
-            LLaVA-1.5's chat format), recorded in checkpoints.
+            LLaVA-1.5's chat format, or in Qwen's ChatML on Qwen2-VL), recorded in checkpoints.
         soft_prompts: learnable vectors replacing each modality's handcrafted prompt tokens, initialised from those
             tokens' embeddings.
         lora: peft LoRA on the LLM's linear layers only (``{}``: r 128, α 256; ``null``: no LoRA).
@@ -104,9 +107,7 @@ class VladVA(LLaVA):
         own = inspect.signature(VladVA.__init__).parameters
         for name in [name for name in self.hparams if name not in own]:  # LLaVA's stage / template: fixed here
             del self.hparams[name]
-        self.sequences = EmbeddingSequences(
-            self.tokenizer, self.image_tokens, prompts, max_length, padding_side, long_captions=ar_weight > 0
-        )
+        self.sequences = self.embedding_sequences(prompts, long_captions=ar_weight > 0)
         self.hparams["prompts"] = dict(self.sequences.prompts)  # the exact wording trained with
         self.hparams["image_spec"] = dataclasses.asdict(self.image_spec)
         embedding = self.llava.get_input_embeddings().weight
@@ -119,6 +120,29 @@ class VladVA(LLaVA):
             torch.tensor([math.log(1 / temperature)]), requires_grad=learn_temperature
         )  # shape [1]: a 0-d parameter breaks FSDP and DeepSpeed
 
+    # ---------------------------------------------------------------------------------- backbone
+    def build_backbone(self) -> nn.Module:
+        """LLaVA's, or a ``Qwen2VLForConditionalGeneration`` when ``model_name_or_path`` holds a Qwen2-VL."""
+        hp = self.hparams
+        self.backbone_type = backbone_type(hp.model_name_or_path, hp.cache_dir)
+        if self.backbone_type != QWEN2_VL:
+            return super().build_backbone()
+        model, self.tokenizer, self.image_spec, self.images, self.image_tokens = qwen2_vl.load_qwen2_vl(
+            hp.model_name_or_path, hp.cache_dir, hp.image_spec
+        )
+        return model
+
+    def embedding_sequences(self, prompts: EmbeddingPrompts | None, long_captions: bool) -> EmbeddingSequences:
+        """The sequences' builder, with the backbone's chat format and image span as defaults."""
+        qwen = {}
+        if self.backbone_type == QWEN2_VL:
+            token = self.tokenizer.convert_ids_to_tokens(self.llava.config.image_token_id)
+            qwen = {"image_token": token, "image_span": qwen2_vl.IMAGE_SPAN, "defaults": qwen2_vl.QWEN2_VL_PROMPTS}
+        hp = self.hparams
+        return EmbeddingSequences(
+            self.tokenizer, self.image_tokens, prompts, hp.max_length, hp.padding_side, long_captions, **qwen
+        )
+
     # ---------------------------------------------------------------------------------- towers
     def sequence_states(
         self,
@@ -130,19 +154,28 @@ class VladVA(LLaVA):
     ) -> torch.Tensor:
         """Final hidden states [B, L, D] of the LLM (after its final norm) over ``inputs_embeds``: the token
         embeddings, the soft prompts at ``soft_mask`` and the projected image features at the ``<image>`` slots,
-        each spliced out of place. Position ids count real tokens only, so padding never shifts a row."""
+        each spliced out of place. Position ids count real tokens only, so padding never shifts a row (Qwen2-VL:
+        M-RoPE's, :func:`~zoo.vladva.qwen2_vl.position_ids`)."""
+        qwen, grid = self.backbone_type == QWEN2_VL, None
         embeds = self.llava.get_input_embeddings()(input_ids)
         if self.soft_prompts is not None:
             embeds = self.soft_prompts.splice(embeds, soft_mask, modality)
         if pixel_values is not None:
             slots = input_ids == self.llava.config.image_token_id
-            features = self.image_features(pixel_values).to(embeds.dtype)
+            if qwen:
+                grad = any(p.requires_grad for p in self.llava.model.visual.parameters())
+                features, grid = qwen2_vl.image_features(self.llava, pixel_values.to(self.dtype), grad)
+            else:
+                features = self.image_features(pixel_values)
+            features = features.to(embeds.dtype)
             if int(slots.sum()) != features.shape[0] * features.shape[1]:
                 raise ValueError(
                     f"{int(slots.sum())} <image> slots for {features.shape[0]} images of {features.shape[1]} tokens"
                 )
             embeds = embeds.masked_scatter(slots[..., None], features)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if qwen:
+            positions = qwen2_vl.position_ids(self.llava, input_ids, attention_mask, grid)
         out = self.llava.model.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions
         )
@@ -271,6 +304,12 @@ class VladVA(LLaVA):
         return super().configure_optimizers()
 
     # ------------------------------------------------------------------------------ base model
+    def generate(self, images: Any, prompts: list[str] | str, return_ids: bool = False, **kwargs: Any) -> list:
+        """LLaVA's :meth:`~zoo.LLaVA.generate`; on Qwen2-VL, :func:`zoo.vladva.qwen2_vl.generate`."""
+        if self.backbone_type != QWEN2_VL:
+            return super().generate(images, prompts, return_ids, **kwargs)
+        return qwen2_vl.generate(self, images, prompts, return_ids, **kwargs)
+
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
         """The base LVLM: LoRA adapters off inside the block (a no-op without LoRA)."""
@@ -286,11 +325,8 @@ class VladVA(LLaVA):
         (e.g. ``{"image_prompt": ..., "text_prompt": ...}``; prompt analysis). With :meth:`adapters_disabled` too,
         the model is the base LVLM with the handcrafted prompts (zero-shot)."""
         saved = self.sequences, self.soft_prompts
-        hp = self.hparams
         wording = {**self.sequences.prompts, **(prompts or {})}
-        self.sequences = EmbeddingSequences(
-            self.tokenizer, self.image_tokens, wording, hp.max_length, hp.padding_side, self.sequences.long_captions
-        )
+        self.sequences = self.embedding_sequences(wording, self.sequences.long_captions)
         self.soft_prompts = None
         try:
             yield
@@ -337,6 +373,10 @@ class VladVA(LLaVA):
     def export_hf(self, folder: str | Path, merge_lora: bool = True) -> Path:
         """LLaVA's export (LoRA merged) plus ``vladva.json`` (:meth:`embedding_recipe`); the README shows how to
         embed with plain transformers from it."""
-        folder = super().export_hf(folder, merge_lora)
-        (folder / "vladva.json").write_text(json.dumps(self.embedding_recipe()))
+        if self.backbone_type != QWEN2_VL:
+            folder = super().export_hf(folder, merge_lora)
+            (folder / "vladva.json").write_text(json.dumps(self.embedding_recipe()))
+            return folder
+        folder = qwen2_vl.export(self, folder, merge_lora)
+        (folder / "vladva.json").write_text(json.dumps({**self.embedding_recipe(), **qwen2_vl.recipe_extras(self)}))
         return folder

@@ -92,6 +92,9 @@ class EmbeddingSequences:
     without a long caption stops after the first turn, and so does every row with ``long_captions=False`` (no
     next-token loss: the second turn would only cost compute; ``has_long`` still says what the data held).
     ``max_length`` cuts the long caption's tail (then the short caption's), never the first turn's template.
+    ``image_token`` is the image slots' token, ``image_span`` the text around them (Qwen2-VL:
+    ``<|image_pad|>`` inside ``<|vision_start|>`` ... ``<|vision_end|>``), ``defaults`` a backbone's own
+    templates (:data:`zoo.vladva.qwen2_vl.QWEN2_VL_PROMPTS`) under ``prompts``.
     """
 
     def __init__(
@@ -102,8 +105,11 @@ class EmbeddingSequences:
         max_length: int = 512,
         padding_side: Literal["right", "left"] = "right",
         long_captions: bool = True,
+        image_token: str = IMAGE_TOKEN,
+        image_span: tuple[str, str] = ("", ""),
+        defaults: EmbeddingPrompts | None = None,
     ) -> None:
-        self.prompts: EmbeddingPrompts = {**PROMPT_DEFAULTS, **(prompts or {})}
+        self.prompts: EmbeddingPrompts = {**PROMPT_DEFAULTS, **(defaults or {}), **(prompts or {})}
         unknown = set(self.prompts) - set(PROMPT_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown prompt settings {sorted(unknown)}: expected {sorted(PROMPT_DEFAULTS)}")
@@ -116,8 +122,8 @@ class EmbeddingSequences:
         self.tokenizer, self.image_tokens, self.max_length, self.padding_side = (
             tokenizer, image_tokens, max_length, padding_side
         )  # fmt: skip
-        self.long_captions = long_captions
-        self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.long_captions, self.image_span = long_captions, tuple(image_span)
+        self.image_token, self.image_id = image_token, tokenizer.convert_tokens_to_ids(image_token)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def _ids(self, text: str) -> list[int]:
@@ -129,7 +135,7 @@ class EmbeddingSequences:
         space = next(text for kind, text in _pieces(self.prompts[f"{modality}_template"]) if kind == "prompt")
         ids = self._ids(space + self.prompts[f"{modality}_prompt"])
         if self.image_id in ids:
-            raise ValueError(f"the {modality} prompt holds {IMAGE_TOKEN}: soft prompts never start from its embedding")
+            raise ValueError(f"the {modality} prompt holds {self.image_token}: soft prompts never start from it")
         return ids
 
     def caption_prefix(self) -> str:
@@ -144,7 +150,8 @@ class EmbeddingSequences:
             if kind == "prompt":
                 piece = self.prompt_ids(modality)
             elif kind == "image":
-                piece = self._ids(text) + [self.image_id] * self.image_tokens
+                opening, closing = self.image_span  # e.g. Qwen2-VL's <|vision_start|> ... <|vision_end|>
+                piece = self._ids(text + opening) + [self.image_id] * self.image_tokens + self._ids(closing)
             elif kind == "caption":
                 caption_start = len(ids)
                 piece = self._ids(text + caption) if caption else []

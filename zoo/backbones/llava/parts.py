@@ -47,9 +47,11 @@ def feature_tower_modules(llava: LlavaForConditionalGeneration) -> list[nn.Modul
 def part_modules(llava: LlavaForConditionalGeneration, part: str) -> list[nn.Module]:
     """The trainable modules of one part of ``llava`` (the vision tower's: :func:`feature_tower_modules`)."""
     inner = llava.model
+    visual = getattr(inner, "visual", None)  # Qwen2-VL: the vision blocks, then their merger as the projector
+    qwen = visual is not None
     modules = {
-        "vision_tower": lambda: feature_tower_modules(llava),
-        "projector": lambda: [inner.multi_modal_projector],
+        "vision_tower": lambda: [visual.patch_embed, visual.blocks] if qwen else feature_tower_modules(llava),
+        "projector": lambda: [visual.merger if qwen else inner.multi_modal_projector],
         "language_model": lambda: [inner.language_model, llava.lm_head],
     }
     if part not in modules:
