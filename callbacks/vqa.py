@@ -23,7 +23,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from callbacks.embedding import EpochEndEvaluation, progress, shard
 from datamodules.shapesworld import generate_sample
 from datamodules.shapesworld.generate import sample_key
-from datamodules.shapesworld.instructions import QA_TYPES, vqa_questions
+from datamodules.shapesworld.instructions import QA_TYPES, scene_image, vqa_questions
+from datamodules.shapesworld.small_objects import SmallObjectsLayout
 from zoo.losses.distributed import world_size
 
 ARTICLES = frozenset({"a", "an", "the"})
@@ -63,14 +64,16 @@ def majority_answers(questions: Sequence[dict[str, Any]]) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _training_majority(seed: int, max_objects: int) -> tuple[tuple[str, str], ...]:
-    return tuple(majority_answers(vqa_questions(MAJORITY_QUESTIONS, "train", seed, max_objects)).items())
+def _training_majority(
+    seed: int, max_objects: int, layout: SmallObjectsLayout | None = None
+) -> tuple[tuple[str, str], ...]:
+    return tuple(majority_answers(vqa_questions(MAJORITY_QUESTIONS, "train", seed, max_objects, layout)).items())
 
 
-def training_majority(seed: int, max_objects: int) -> dict[str, str]:
+def training_majority(seed: int, max_objects: int, layout: SmallObjectsLayout | None = None) -> dict[str, str]:
     """The majority answer of each type among the training split's first :data:`MAJORITY_QUESTIONS` VQA
-    questions (computed once per process and setting)."""
-    return dict(_training_majority(seed, max_objects))
+    questions (computed once per process and setting; ``layout``: of the small-objects scenes)."""
+    return dict(_training_majority(seed, max_objects, layout))
 
 
 def vqa_scores(
@@ -159,7 +162,9 @@ class VQAEvaluation(EpochEndEvaluation):
         every_n_epochs: evaluate every n validation epochs.
         output: the JSON file (see above).
         image_size, max_objects: of the scenes; ``None`` takes the data module's ShapesWorld config
-            (``datamodule.shapesworld``) when it has one, else 64 and 4.
+            (``datamodule.shapesworld``) when it has one, else 64 and 4. A data module config whose ``layout`` is
+            ``small_objects`` (``scene_layout()``) makes the questions and images those of its small-objects
+            scenes (settings key ``layout``; images at the canvas's native size).
     """
 
     name = "vqa"
@@ -189,7 +194,9 @@ class VQAEvaluation(EpochEndEvaluation):
         config = getattr(getattr(trainer, "datamodule", None), "shapesworld", None)
         image_size = self.image_size if self.image_size is not None else getattr(config, "image_size", 64)
         max_objects = self.max_objects if self.max_objects is not None else getattr(config, "max_objects", 4)
-        return {"split": self.split, "seed": self.seed, "image_size": image_size, "max_objects": max_objects}
+        settings = {"split": self.split, "seed": self.seed, "image_size": image_size, "max_objects": max_objects}
+        layout = config.scene_layout() if callable(getattr(config, "scene_layout", None)) else None
+        return settings if layout is None else {**settings, "layout": layout}
 
     def answer(
         self, model: Any, questions: list[dict[str, Any]], settings: dict[str, Any], trainer: Trainer | None = None
@@ -205,7 +212,10 @@ class VQAEvaluation(EpochEndEvaluation):
         for start in progress(range(0, rounds * self.batch_size, self.batch_size), trainer, "vqa", total=rounds):
             indices = mine[start : start + self.batch_size]
             asked = indices or [0]
-            images = [generate_sample(i, **image_settings)["image"] for i in asked]
+            if settings.get("layout") is not None:
+                images = [scene_image(i, settings["split"], settings["seed"], layout=settings["layout"]) for i in asked]
+            else:
+                images = [generate_sample(i, **image_settings)["image"] for i in asked]
             prompts = [questions[i]["question"] for i in asked]
             texts = model.generate(images, prompts, max_new_tokens=self.max_new_tokens, **sync)
             answers += list(zip(indices, texts))
@@ -216,10 +226,11 @@ class VQAEvaluation(EpochEndEvaluation):
         """Scores (:func:`vqa_scores`), settings and per-question predictions of ``model`` on the first
         ``limit`` (default: all ``n``) questions."""
         settings = self.settings(trainer)
-        questions = vqa_questions(self.n, self.split, self.seed, settings["max_objects"])[:limit]
+        layout = settings.get("layout")
+        questions = vqa_questions(self.n, self.split, self.seed, settings["max_objects"], layout)[:limit]
         assert all(q["question_id"] == sample_key(self.split, i) for i, q in enumerate(questions))
         predictions = self.answer(model, questions, settings, trainer)
-        result = vqa_scores(questions, predictions, training_majority(self.seed, settings["max_objects"]))
+        result = vqa_scores(questions, predictions, training_majority(self.seed, settings["max_objects"], layout))
         result["settings"] = {**settings, "max_new_tokens": self.max_new_tokens, "majority_from": "train"}
         result["predictions"] = [
             {**q, "prediction": p, "correct": normalize_answer(p) == normalize_answer(q["answer"])}

@@ -18,7 +18,8 @@ from datamodules.base import Batch, Split, ZooDataModule
 from datamodules.image_caption import ShapesWorldConfig
 from datamodules.llava_json import LLaVAJsonRecords, LLaVASampleError, decode_llava_sample
 from datamodules.shapesworld import generate_sample
-from datamodules.shapesworld.instructions import caption_record, instruction_record
+from datamodules.shapesworld.instructions import caption_record, instruction_record, scene_image
+from datamodules.shapesworld.small_objects import SmallObjectsLayout
 from datamodules.sources import WebDatasetSource
 from zoo.backbones.llava.conversation import InvalidSampleError, check_conversation, tokenize_conversation
 from zoo.losses import IGNORE_INDEX
@@ -28,12 +29,34 @@ from zoo.losses import IGNORE_INDEX
 class ShapesWorldInstructions(ShapesWorldConfig):
     """Sizes of the generated ShapesWorld instruction data (stage 1: caption records; stage 2: multi-turn QA,
     detailed descriptions and some text-only records): :class:`ShapesWorldConfig` with smaller default splits
-    and the fraction of text-only records."""
+    and the fraction of text-only records.
+
+    ``layout``: ``grid`` (1-``max_objects`` objects on a 3x3 grid, ``image_size`` px square) or ``small_objects``
+    (``object_count`` shapes of distinct colours, ``object_size`` x the canvas height across, on a ``canvas``
+    of (height, width) px, images at that native size; ``image_size`` and ``max_objects`` unused)."""
 
     n_train: int = 4096
     n_val: int = 256
     n_test: int = 256
     text_only_rate: float = 0.1
+    layout: Literal["grid", "small_objects"] = "grid"
+    canvas: tuple[int, int] = SmallObjectsLayout.canvas
+    object_count: tuple[int, int] = SmallObjectsLayout.objects
+    object_size: tuple[float, float] = SmallObjectsLayout.object_size
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("grid", "small_objects"):
+            raise ValueError(f"layout must be 'grid' or 'small_objects', got {self.layout!r}")
+        self.canvas, self.object_count, self.object_size = (
+            tuple(self.canvas), tuple(self.object_count), tuple(self.object_size)
+        )  # fmt: skip
+        self.scene_layout()  # validates the small-objects settings
+
+    def scene_layout(self) -> SmallObjectsLayout | None:
+        """The small-objects layout, or None for the grid."""
+        if self.layout == "grid":
+            return None
+        return SmallObjectsLayout(self.canvas, self.object_count, self.object_size)
 
 
 class ShapesWorldRecords(Dataset):
@@ -50,19 +73,23 @@ class ShapesWorldRecords(Dataset):
         """Record ``index`` without its image (``image_file`` names it)."""
         c = self.config
         name = f"{self.split}-{index:08d}.png"
+        layout = c.scene_layout()
         if self.captions:
-            record = caption_record(index, self.split, c.seed, name, max_objects=c.max_objects)
+            record = caption_record(index, self.split, c.seed, name, max_objects=c.max_objects, layout=layout)
         else:
             record = instruction_record(
-                index, self.split, c.seed, name, text_only_rate=c.text_only_rate, max_objects=c.max_objects
+                index, self.split, c.seed, name, c.text_only_rate, max_objects=c.max_objects, layout=layout
             )
         return {**record, "image": None, "image_file": record.get("image")}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.text_record(index)
         if record["image_file"] is not None:
-            c = self.config
-            record["image"] = generate_sample(index, self.split, c.seed, c.image_size, c.max_objects)["image"]
+            c, layout = self.config, self.config.scene_layout()
+            if layout is not None:
+                record["image"] = scene_image(index, self.split, c.seed, layout=layout)
+            else:
+                record["image"] = generate_sample(index, self.split, c.seed, c.image_size, c.max_objects)["image"]
         return record
 
 

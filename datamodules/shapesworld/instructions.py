@@ -7,6 +7,10 @@ report accuracy per type; LLaVA readers ignore unknown keys. Every record is a d
 
 Command: ``python -m datamodules.shapesworld.instructions --out DIR --stage pretrain|finetune`` writes
 ``DIR/<split>.json``, ``DIR/images/<split>/<key>.png`` and ``DIR/val_questions.json``.
+
+``layout`` (a :class:`~.small_objects.SmallObjectsLayout`; ``None``: the 3x3 grid) switches every function here to
+the small-objects scenes: 4-8 small shapes of distinct colours on a wide canvas, images at the canvas's native
+size, the same record and question formats (``--layout small_objects``, ``--canvas H W`` on the command line).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from .captions import caption_descriptions, long_caption, object_name
@@ -27,6 +32,15 @@ from .generate import sample_key
 from .qa import question_answers
 from .render import png_bytes, render_scene
 from .scene import Scene, sample_scene, scene_rng
+from .small_objects import (
+    SmallObjectsLayout,
+    SmallObjectsScene,
+    render_small_objects,
+    sample_small_objects_scene,
+    small_objects_long_caption,
+    small_objects_question_answers,
+    small_objects_rng,
+)
 from .vocabulary import COLORS, SHAPE_PLURALS, SHAPES
 
 IMAGE_TOKEN = "<image>"
@@ -52,31 +66,57 @@ def image_name(split: str, index: int) -> str:
 
 
 def scene_and_captions(
-    index: int, split: str, seed: int, image_size: int = 64, max_objects: int = 4
-) -> tuple[Scene, list[Description]]:
-    """The scene of ``generate_sample(index, split, seed, image_size, max_objects)`` and its short captions
-    (the first is the primary one)."""
-    rng = scene_rng(index, split, seed)
-    scene = sample_scene(rng, image_size, max_objects)
+    index: int,
+    split: str,
+    seed: int,
+    image_size: int = 64,
+    max_objects: int = 4,
+    layout: SmallObjectsLayout | None = None,
+) -> tuple[Scene | SmallObjectsScene, list[Description]]:
+    """The scene of ``generate_sample(index, split, seed, image_size, max_objects)`` (with ``layout``: small-objects
+    scene ``index``) and its short captions (the first is the primary one)."""
+    if layout is not None:
+        rng = small_objects_rng(index, split, seed)
+        scene = sample_small_objects_scene(rng, layout)
+    else:
+        rng = scene_rng(index, split, seed)
+        scene = sample_scene(rng, image_size, max_objects)
     return scene, caption_descriptions(scene, rng)
 
 
-def side_questions(scene: Scene) -> list[dict[str, str]]:
-    """For every object, "Which side of the image is the red square on?"; answer left / middle / right (its column)."""
+def scene_image(
+    index: int,
+    split: str,
+    seed: int,
+    image_size: int = 64,
+    max_objects: int = 4,
+    layout: SmallObjectsLayout | None = None,
+) -> Image.Image:
+    """The image of scene ``index`` (``generate_sample``'s; with ``layout``: at the canvas's native size)."""
+    scene, _ = scene_and_captions(index, split, seed, image_size, max_objects, layout)
+    return render_small_objects(scene) if layout is not None else render_scene(scene)
+
+
+def side_questions(scene: Scene | SmallObjectsScene) -> list[dict[str, str]]:
+    """For every object, "Which side of the image is the red square on?"; answer left / middle / right (its column;
+    in a small-objects scene the third of the width it lies in, and no question about one across a border)."""
+    sides = [scene.side(o) for o in scene.objects] if isinstance(scene, SmallObjectsScene) else None
     return [
         {
             "question": f"Which side of the image is {object_name(obj)} on?",
-            "answer": SIDE_NAMES[obj.col],
+            "answer": SIDE_NAMES[obj.col if sides is None else sides[i]],
             "type": "side",
         }
-        for obj in scene.objects
+        for i, obj in enumerate(scene.objects)
+        if sides is None or sides[i] is not None
     ]
 
 
-def short_answer_pool(scene: Scene, rng: random.Random) -> dict[str, list[dict[str, str]]]:
+def short_answer_pool(scene: Scene | SmallObjectsScene, rng: random.Random) -> dict[str, list[dict[str, str]]]:
     """All short-answer QA pairs of the scene (``question_answers`` + which side), grouped by type."""
+    small = isinstance(scene, SmallObjectsScene)
     pool: dict[str, list[dict[str, str]]] = {qa_type: [] for qa_type in QA_TYPES}
-    for qa in question_answers(scene, rng) + side_questions(scene):
+    for qa in (small_objects_question_answers if small else question_answers)(scene, rng) + side_questions(scene):
         pool[qa["type"]].append(qa)
     return pool
 
@@ -135,16 +175,24 @@ def _record_rng(kind: str, index: int, split: str, seed: int) -> random.Random:
     return random.Random(f"shapesworld-{kind}/{seed}/{split}/{index}")
 
 
-def caption_record(index: int, split: str, seed: int, image_name: str, max_objects: int = 4) -> dict[str, Any]:
+def caption_record(
+    index: int, split: str, seed: int, image_name: str, max_objects: int = 4, layout: SmallObjectsLayout | None = None
+) -> dict[str, Any]:
     """Stage-1 (LLaVA pretraining) record: "<image>\\n" + a short instruction -> the scene's primary caption
     (``generate_sample(index, split, seed, max_objects=max_objects)["captions"][0]``)."""
     rng = _record_rng("caption", index, split, seed)
-    _, captions = scene_and_captions(index, split, seed, max_objects=max_objects)
+    _, captions = scene_and_captions(index, split, seed, max_objects=max_objects, layout=layout)
     return _record(index, split, image_name, [(rng.choice(CAPTION_PROMPTS), captions[0].text(), None)])
 
 
 def instruction_record(
-    index: int, split: str, seed: int, image_name: str, text_only_rate: float = 0.1, max_objects: int = 4
+    index: int,
+    split: str,
+    seed: int,
+    image_name: str,
+    text_only_rate: float = 0.1,
+    max_objects: int = 4,
+    layout: SmallObjectsLayout | None = None,
 ) -> dict[str, Any]:
     """Stage-2 record: 2-4 rounds of short-answer questions (with LLaVA-1.5's suffix) and, in about half of
     the records, one detailed description turn. A ``text_only_rate`` share of indices (drawn first from the
@@ -156,7 +204,7 @@ def instruction_record(
     if rng.random() < text_only_rate:
         chosen = rng.sample(text_questions(), rng.randint(1, 3))
         return _record(index, split, None, [(qa["question"], qa["answer"], qa["type"]) for qa in chosen])
-    scene, _ = scene_and_captions(index, split, seed, max_objects=max_objects)
+    scene, _ = scene_and_captions(index, split, seed, max_objects=max_objects, layout=layout)
     rounds = rng.randint(2, 4)
     with_detail = rng.random() < DETAIL_RATE
     pool = short_answer_pool(scene, rng)
@@ -164,17 +212,20 @@ def instruction_record(
         (qa["question"], qa["answer"], qa["type"]) for qa in _pick_balanced(pool, rounds - with_detail, rng)
     ]
     if with_detail:
-        turns.insert(rng.randint(0, len(turns)), (DETAIL_PROMPT, long_caption(scene), None))
+        detail = small_objects_long_caption(scene) if layout is not None else long_caption(scene)
+        turns.insert(rng.randint(0, len(turns)), (DETAIL_PROMPT, detail, None))
     return _record(index, split, image_name, turns)
 
 
-def vqa_questions(n: int, split: str = "val", seed: int = 0, max_objects: int = 4) -> list[dict[str, str]]:
+def vqa_questions(
+    n: int, split: str = "val", seed: int = 0, max_objects: int = 4, layout: SmallObjectsLayout | None = None
+) -> list[dict[str, str]]:
     """One short-answer question per scene 0..n-1: ``{"question_id", "image" (as the command names it),
     "question" (with the suffix), "answer", "type"}``; the type is drawn uniformly among those the scene has."""
     questions = []
     for index in range(n):
         rng = _record_rng("vqa", index, split, seed)
-        scene, _ = scene_and_captions(index, split, seed, max_objects=max_objects)
+        scene, _ = scene_and_captions(index, split, seed, max_objects=max_objects, layout=layout)
         (qa,) = _pick_balanced(short_answer_pool(scene, rng), 1, rng)
         questions.append(
             {
@@ -188,13 +239,14 @@ def vqa_questions(n: int, split: str = "val", seed: int = 0, max_objects: int = 
     return questions
 
 
-def _write_image(out: Path, index: int, split: str, seed: int, image_size: int, max_objects: int) -> None:
+def _write_image(
+    out: Path, index: int, split: str, seed: int, image_size: int, max_objects: int, layout: SmallObjectsLayout | None
+) -> None:
     """Render scene ``index`` to ``out / image_name(split, index)`` unless it is there already."""
     path = out / image_name(split, index)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        scene, _ = scene_and_captions(index, split, seed, image_size, max_objects)
-        write_atomic(path, png_bytes(render_scene(scene)))
+        write_atomic(path, png_bytes(scene_image(index, split, seed, image_size, max_objects, layout)))
 
 
 def write_instruction_data(
@@ -206,6 +258,7 @@ def write_instruction_data(
     image_size: int = 64,
     text_only_rate: float = 0.1,
     max_objects: int = 4,
+    layout: SmallObjectsLayout | None = None,
 ) -> Path:
     """Write ``out_dir/<split>.json`` (a LLaVA JSON list) and the images it names; return the JSON path."""
     if stage not in ("pretrain", "finetune"):
@@ -216,11 +269,11 @@ def write_instruction_data(
     for index in tqdm(range(n), desc=f"shapesworld {split} {stage} records", unit="record", disable=None):
         name = image_name(split, index)
         if stage == "pretrain":
-            record = caption_record(index, split, seed, name, max_objects)
+            record = caption_record(index, split, seed, name, max_objects, layout)
         else:
-            record = instruction_record(index, split, seed, name, text_only_rate, max_objects)
+            record = instruction_record(index, split, seed, name, text_only_rate, max_objects, layout)
         if "image" in record:
-            _write_image(out, index, split, seed, image_size, max_objects)
+            _write_image(out, index, split, seed, image_size, max_objects, layout)
         records.append(record)
     path = out / f"{split}.json"
     write_atomic(path, json.dumps(records, indent=1).encode("utf-8"))
@@ -228,14 +281,20 @@ def write_instruction_data(
 
 
 def write_vqa_questions(
-    out_dir: str | Path, n: int, split: str = "val", seed: int = 0, image_size: int = 64, max_objects: int = 4
+    out_dir: str | Path,
+    n: int,
+    split: str = "val",
+    seed: int = 0,
+    image_size: int = 64,
+    max_objects: int = 4,
+    layout: SmallObjectsLayout | None = None,
 ) -> Path:
     """Write ``out_dir/<split>_questions.json`` (``vqa_questions``) and any of its images not written yet."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    questions = vqa_questions(n, split, seed, max_objects)
+    questions = vqa_questions(n, split, seed, max_objects, layout)
     for index in range(n):
-        _write_image(out, index, split, seed, image_size, max_objects)
+        _write_image(out, index, split, seed, image_size, max_objects, layout)
     path = out / f"{split}_questions.json"
     write_atomic(path, json.dumps(questions, indent=1).encode("utf-8"))
     return path
@@ -251,17 +310,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--max-objects", type=int, default=4)
     parser.add_argument("--text-only-rate", type=float, default=0.1, help="finetune stage: share of text-only records")
+    default = SmallObjectsLayout()
+    parser.add_argument(
+        "--layout",
+        choices=("grid", "small_objects"),
+        default="grid",
+        help="grid: 1-4 objects on a 3x3 grid (--image-size px square); small_objects: small shapes of distinct "
+        "colours on a wide canvas, images at its native size (--image-size and --max-objects are not used)",
+    )
+    parser.add_argument("--canvas", type=int, nargs=2, default=default.canvas, metavar=("H", "W"))
+    parser.add_argument("--object-count", type=int, nargs=2, default=default.objects, metavar=("MIN", "MAX"))
+    parser.add_argument(
+        "--object-size", type=float, nargs=2, default=default.object_size, metavar=("MIN", "MAX"),
+        help="small_objects: object extent as a fraction of the canvas height",
+    )  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    layout = None
+    if args.layout == "small_objects":
+        layout = SmallObjectsLayout(tuple(args.canvas), tuple(args.object_count), tuple(args.object_size))
     for split, n in (("train", args.n_train), ("val", args.n_val)):
         path = write_instruction_data(
-            args.out, n, split, args.stage, args.seed, args.image_size, args.text_only_rate, args.max_objects
+            args.out, n, split, args.stage, args.seed, args.image_size, args.text_only_rate, args.max_objects, layout
         )
         print(f"wrote {path} ({n} records)")
-    path = write_vqa_questions(args.out, args.n_val, "val", args.seed, args.image_size, args.max_objects)
+    path = write_vqa_questions(args.out, args.n_val, "val", args.seed, args.image_size, args.max_objects, layout)
     print(f"wrote {path} ({args.n_val} questions)")
 
 

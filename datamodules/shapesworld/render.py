@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 
 from PIL import Image, ImageDraw
 
@@ -42,6 +43,13 @@ UNIT_POLYGONS: dict[str, Polygon] = {
 }
 
 
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float, fill: tuple) -> None:
+    if shape == "circle":
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+    else:
+        draw.polygon([(cx + radius * u, cy + radius * v) for u, v in UNIT_POLYGONS[shape]], fill=fill)
+
+
 def render_scene(scene: Scene) -> Image.Image:
     """RGB image of ``scene.image_size`` pixels square."""
     canvas = scene.image_size * SUPERSAMPLING
@@ -50,11 +58,19 @@ def render_scene(scene: Scene) -> Image.Image:
     for obj in scene.objects:
         x, y = obj.center
         cx, cy, radius = x * canvas, y * canvas, SIZE_EXTENT[obj.size] / 2 * canvas
-        fill = COLOR_RGB[obj.color]
-        if obj.shape == "circle":
-            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
-        else:
-            draw.polygon([(cx + radius * u, cy + radius * v) for u, v in UNIT_POLYGONS[obj.shape]], fill=fill)
+        _draw_shape(draw, obj.shape, cx, cy, radius, COLOR_RGB[obj.color])
+    return image.reduce(SUPERSAMPLING)
+
+
+def render_shapes(size: tuple[int, int], shapes: Iterable[tuple[str, str, float, float, float]]) -> Image.Image:
+    """RGB image of ``size`` = (width, height) pixels, any aspect ratio, drawn as ``render_scene`` draws:
+    ``shapes`` are (shape, colour, centre x, centre y, radius) in pixels of that image."""
+    width, height = size
+    image = Image.new("RGB", (width * SUPERSAMPLING, height * SUPERSAMPLING))
+    draw = ImageDraw.Draw(image)
+    for shape, color, x, y, radius in shapes:
+        scaled = (v * SUPERSAMPLING for v in (x, y, radius))
+        _draw_shape(draw, shape, *scaled, COLOR_RGB[color])
     return image.reduce(SUPERSAMPLING)
 
 
