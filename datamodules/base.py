@@ -45,6 +45,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from datamodules.length_grouped import length_grouped_sampler
 from datamodules.samples import EpochIndexSampler, Recipe, Samples, StreamPosition, StreamSamples
 
 Split = Literal["train", "val", "test"]
@@ -118,6 +119,9 @@ class ZooDataModule(LightningDataModule):
         seed: seed of every per-sample choice (augmentation, substitutes, and what the recipe draws).
         seeded_augmentation: random augmentation as a function of (seed, epoch, index) in training (the
             recipe applies it with :func:`~datamodules.samples.seeded`).
+        group_by_length: train on batches of similar length, one modality per step (LLaVA's
+            ``group_by_modality_length``; :mod:`datamodules.length_grouped`), from the training records'
+            ``lengths`` (and ``has_image``); off: the plain shuffled order.
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class ZooDataModule(LightningDataModule):
         skip_corrupt: bool = False,
         seed: int = 0,
         seeded_augmentation: bool = True,
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -136,6 +141,7 @@ class ZooDataModule(LightningDataModule):
         self.skip_corrupt = skip_corrupt
         self.seed = seed
         self.seeded_augmentation = seeded_augmentation
+        self.group_by_length = group_by_length
         self.tokenizer: Callable | None = None
         self.transforms: dict[str, Callable] = {}
         self._resume: dict[str, Any] | None = None  # the state of a mid-epoch checkpoint
@@ -176,7 +182,10 @@ class ZooDataModule(LightningDataModule):
         if streaming and train and self.trainer is not None:  # a resumed run continues its epoch count
             dataset.epoch = self.trainer.current_epoch - 1
         # drop_last in training: equal batches on every rank for the gathered contrastive loss
-        sampler = None if streaming else EpochIndexSampler(dataset, shuffle=train, seed=self.seed, drop_last=train)
+        if train and self.group_by_length:  # batches of similar length, one modality per step
+            sampler = length_grouped_sampler(type(self).__name__, records, dataset, self.batch_size, self.seed)
+        else:
+            sampler = None if streaming else EpochIndexSampler(dataset, shuffle=train, seed=self.seed, drop_last=train)
         if train:
             self._streaming = streaming
         if train and self._resume is not None:

@@ -223,7 +223,11 @@ class EpochIndexSampler(DistributedSampler):
         epoch, skip = self.epoch, 0
         if self.resume is not None and self.resume[0] == epoch:  # a run resumed mid-epoch: once
             skip, self.resume = self.resume[1], None
-        return ((epoch, index) for index in islice(super().__iter__(), skip, None))
+        return ((epoch, index) for index in islice(self.rank_indices(), skip, None))
+
+    def rank_indices(self) -> Iterator[int]:
+        """This rank's indices for the epoch: DistributedSampler's (a subclass may order them otherwise)."""
+        return super().__iter__()
 
 
 class CaptionCollator:
