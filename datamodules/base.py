@@ -69,8 +69,10 @@ class ImageInputs(TypedDict, total=False):
                                                           which the model recomputes the grid and
                                                           unpads the features
 
-    (transformers' LLaVA-NeXT takes ``pixel_values`` padded to [B, max_tiles, 3, H, W]; its adapter pads
-    ``pixel_values.split(tiles_per_image.tolist())``.) Rows without an image have 0 tiles.
+    (transformers' LLaVA-NeXT takes ``pixel_values`` padded to [B, max_tiles, 3, H, W]; the zoo computes the
+    merged features itself from ``pixel_values.split(tiles_per_image.tolist())``.) A row without an image gets a
+    black tile-sized image's views, whose placeholders are masked and unsupervised (every batch runs the vision
+    path on every rank).
     """
 
     image: torch.Tensor

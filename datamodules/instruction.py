@@ -5,7 +5,6 @@ labels on the answers only."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -15,119 +14,109 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datamodules.base import Batch, Split, ZooDataModule
-from datamodules.image_caption import ShapesWorldConfig
+from datamodules.instruction_sources import (
+    QuestionRecords,
+    ShapesWorldInstructions,
+    ShapesWorldRecords,
+    collate_questions,
+)
 from datamodules.llava_json import LLaVAJsonRecords, LLaVASampleError, decode_llava_sample
-from datamodules.shapesworld import generate_sample
-from datamodules.shapesworld.instructions import caption_record, instruction_record, scene_image
-from datamodules.shapesworld.small_objects import SmallObjectsLayout
 from datamodules.sources import WebDatasetSource
 from zoo.backbones.llava.conversation import InvalidSampleError, check_conversation, tokenize_conversation
 from zoo.losses import IGNORE_INDEX
 
 
 @dataclasses.dataclass
-class ShapesWorldInstructions(ShapesWorldConfig):
-    """Sizes of the generated ShapesWorld instruction data (stage 1: caption records; stage 2: multi-turn QA,
-    detailed descriptions and some text-only records): :class:`ShapesWorldConfig` with smaller default splits
-    and the fraction of text-only records.
-
-    ``layout``: ``grid`` (1-``max_objects`` objects on a 3x3 grid, ``image_size`` px square) or ``small_objects``
-    (``object_count`` shapes of distinct colours, ``object_size`` x the canvas height across, on a ``canvas``
-    of (height, width) px, images at that native size; ``image_size`` and ``max_objects`` unused)."""
-
-    n_train: int = 4096
-    n_val: int = 256
-    n_test: int = 256
-    text_only_rate: float = 0.1
-    layout: Literal["grid", "small_objects"] = "grid"
-    canvas: tuple[int, int] = SmallObjectsLayout.canvas
-    object_count: tuple[int, int] = SmallObjectsLayout.objects
-    object_size: tuple[float, float] = SmallObjectsLayout.object_size
-
-    def __post_init__(self) -> None:
-        if self.layout not in ("grid", "small_objects"):
-            raise ValueError(f"layout must be 'grid' or 'small_objects', got {self.layout!r}")
-        self.canvas, self.object_count, self.object_size = (
-            tuple(self.canvas), tuple(self.object_count), tuple(self.object_size)
-        )  # fmt: skip
-        self.scene_layout()  # validates the small-objects settings
-
-    def scene_layout(self) -> SmallObjectsLayout | None:
-        """The small-objects layout, or None for the grid."""
-        if self.layout == "grid":
-            return None
-        return SmallObjectsLayout(self.canvas, self.object_count, self.object_size)
-
-
-class ShapesWorldRecords(Dataset):
-    """LLaVA-format records of ShapesWorld scenes, with the rendered image (``plain``: caption records)."""
-
-    def __init__(self, split: Split, config: ShapesWorldInstructions, captions: bool) -> None:
-        self.split, self.config, self.captions = split, config, captions
-        self.n = getattr(config, f"n_{split}")
-
-    def __len__(self) -> int:
-        return self.n
-
-    def text_record(self, index: int) -> dict[str, Any]:
-        """Record ``index`` without its image (``image_file`` names it)."""
-        c = self.config
-        name = f"{self.split}-{index:08d}.png"
-        layout = c.scene_layout()
-        if self.captions:
-            record = caption_record(index, self.split, c.seed, name, max_objects=c.max_objects, layout=layout)
-        else:
-            record = instruction_record(
-                index, self.split, c.seed, name, c.text_only_rate, max_objects=c.max_objects, layout=layout
-            )
-        return {**record, "image": None, "image_file": record.get("image")}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.text_record(index)
-        if record["image_file"] is not None:
-            c, layout = self.config, self.config.scene_layout()
-            if layout is not None:
-                record["image"] = scene_image(index, self.split, c.seed, layout=layout)
-            else:
-                record["image"] = generate_sample(index, self.split, c.seed, c.image_size, c.max_objects)["image"]
-        return record
-
-
-@dataclasses.dataclass
 class Tokenized:
-    """How a record's conversation becomes ``input_ids`` / ``labels`` (set by the model through ``connect``)."""
+    """How a record's conversation becomes ``input_ids`` / ``labels`` (set by the model through ``connect``).
+
+    ``high_res`` (a :class:`~zoo.backbones.llava.high_res.HighRes`: AnyRes / HD): an image's token count depends on
+    its size, so a record with an image is tokenised with ONE placeholder and no ``max_length`` cut; :meth:`expand`
+    makes it the image's count once the size is known (the recipe; up front where the size is cheap)."""
 
     tokenizer: Any
     template: str
     image_tokens: int
     max_length: int | None
     system_prompt: str | None
+    high_res: Any = None
 
     def __call__(self, record: dict[str, Any]) -> dict[str, list[int]]:
         sample_id, has_image = str(record["id"]), record.get("image_file") is not None
         check_conversation(sample_id, record["conversations"], has_image)
+        later = has_image and self.high_res is not None
         return tokenize_conversation(
-            sample_id, record["conversations"], self.template, self.tokenizer, self.image_tokens, has_image,
-            self.max_length, system=self.system_prompt,
+            sample_id, record["conversations"], self.template, self.tokenizer, 1 if later else self.image_tokens,
+            has_image, None if later else self.max_length, system=self.system_prompt,
         )  # fmt: skip
+
+    def expand(
+        self, sample_id: str, input_ids: list[int], labels: list[int], image_hw: tuple[int, int]
+    ) -> tuple[list[int], list[int]]:
+        """High-res: the one placeholder → the image's :meth:`HighRes.tokens` (over ``max_visual_tokens``: a
+        :class:`~zoo.backbones.llava.high_res.VisualTokenBudgetError`), then ``max_length`` (never inside the image
+        span: an :class:`InvalidSampleError` naming the sample)."""
+        from zoo.backbones.llava.high_res import expand_image_span
+
+        count = self.high_res.check_budget(sample_id, image_hw)
+        image_id = self.tokenizer.image_token_id
+        return expand_image_span(sample_id, input_ids, labels, image_id, count, self.max_length)
+
+
+def image_file_size(source: Any, record: dict[str, Any]) -> tuple[int, int] | None:
+    """(height, width) of a record's image from its file header (``source.image_root``-relative ``image_file``,
+    as :class:`LLaVAJsonRecords`), or None when it cannot be read (the read in ``__getitem__`` will say why)."""
+    from PIL import Image
+
+    path = Path(record["image_file"])
+    path = path if path.is_absolute() else Path(source.image_root) / path
+    try:
+        with Image.open(path) as image:  # reads the header only
+            return image.height, image.width
+    except (OSError, ValueError):
+        return None
 
 
 class TokenizedRecords(Dataset):
     """The valid records of a source, tokenised. Every conversation is checked and tokenised once, up front
     (text only): an invalid sample raises :class:`InvalidSampleError` naming its id, or with ``skip_invalid`` is
-    left out and counted (``skipped``: id → reason). ``lengths`` are the token counts (for length grouping)."""
+    left out and counted (``skipped``: id → reason). ``lengths`` are the token counts, image tokens included (for
+    length grouping), ``has_image`` whether each record has an image.
 
-    def __init__(self, records: Dataset, tokenize: Tokenized, skip_invalid: bool, text_of: Callable) -> None:
+    High-res (``tokenize.high_res``): an image's tokens depend on its size; ``image_size_of(index, record)``
+    gives it cheaply ((h, w); None: unknown, counted as one square tile's image), and the sample's expansion
+    is checked up front (``max_visual_tokens``, ``max_length``)."""
+
+    def __init__(
+        self,
+        records: Dataset,
+        tokenize: Tokenized,
+        skip_invalid: bool,
+        text_of: Callable,
+        image_size_of: Callable | None = None,
+    ) -> None:
         self.records, self.tokenize = records, tokenize
         self.left_out: dict[str, str] = {}
         self.indices: list[int] = []
         self.lengths: list[int] = []
+        self.has_image: list[bool] = []
+        high_res = tokenize.high_res
         for index in range(len(records)):
             record = text_of(index)
             if record is None:  # left out by the source itself (skip_invalid), counted there
                 continue
             try:
-                self.lengths.append(len(tokenize(record)["input_ids"]))
+                tokens, has_image = tokenize(record), record.get("image_file") is not None
+                length = len(tokens["input_ids"])
+                if high_res is not None and has_image:
+                    size = image_size_of(index, record) if image_size_of is not None else None
+                    if size is None:
+                        length += high_res.tokens((high_res.tile, high_res.tile)) - 1
+                    else:
+                        sample_id = str(record["id"])
+                        length = len(tokenize.expand(sample_id, tokens["input_ids"], tokens["labels"], size)[0])
+                self.lengths.append(length)
+                self.has_image.append(has_image)
                 self.indices.append(index)
             except InvalidSampleError as error:
                 if not skip_invalid:
@@ -176,14 +165,21 @@ class TokenizedSamples:
 @dataclasses.dataclass
 class InstructionRecipe:
     """A tokenised record → a sample: the image through the model's transform (a zero image for text-only
-    samples, whose placeholders the collator masks)."""
+    samples, whose placeholders the collator masks).
+
+    High-res (``tokenized.high_res``): the transform gives the image's views and size; the sample's one
+    placeholder becomes the image's visual tokens (:meth:`Tokenized.expand`); a text-only sample gets a black
+    image's views and ``image_tokens`` (its count), masked by the collator."""
 
     transform: Callable
     image_size: int
     seed: int = 0
+    tokenized: Tokenized | None = None
 
     def build(self, records: Any, record: dict[str, Any], index: int, epoch: int) -> dict[str, Any]:
         image = record.get("image")
+        if self.tokenized is not None and self.tokenized.high_res is not None:
+            return self.build_high_res(record, image)
         return {
             "key": record["key"],
             "has_image": image is not None,
@@ -192,13 +188,35 @@ class InstructionRecipe:
             "labels": record["labels"],
         }
 
+    def build_high_res(self, record: dict[str, Any], image: Any) -> dict[str, Any]:
+        from PIL import Image
+
+        size = self.image_size
+        views = self.transform(image if image is not None else Image.new("RGB", (size, size)))
+        ids, labels = record["input_ids"], record["labels"]
+        if image is not None:
+            ids, labels = self.tokenized.expand(str(record["key"]), ids, labels, views["image_size"])
+        return {
+            "key": record["key"],
+            "has_image": image is not None,
+            "pixel_values": views["pixel_values"],
+            "image_size": views["image_size"],
+            "image_tokens": self.tokenized.high_res.tokens(views["image_size"]),
+            "input_ids": ids,
+            "labels": labels,
+        }
+
 
 @dataclasses.dataclass
 class InstructionCollator:
     """Right-pads a batch (``pad_id``; labels −100; attention mask 0). A text-only sample gets a zero image whose
     ``image_tokens`` placeholders sit after its text, masked and unsupervised: every batch runs the vision tower
     and projector on every rank (DDP without ``find_unused_parameters``; sharded strategies never hang), and
-    the loss and the LM's gradients are those of the text alone."""
+    the loss and the LM's gradients are those of the text alone.
+
+    High-res samples (with ``image_size``): ``pixel_values`` are all views concatenated [N, 3, T, T],
+    ``tiles_per_image`` [B] their count per row, ``image_sizes`` [B, 2] (h, w); a text-only row's masked
+    placeholders are its black image's ``image_tokens``."""
 
     pad_id: int
     image_token_id: int
@@ -209,9 +227,10 @@ class InstructionCollator:
         for s in samples:
             ids, labels, mask = list(s["input_ids"]), list(s["labels"]), [1] * len(s["input_ids"])
             if not s["has_image"]:
-                ids += [self.image_token_id] * self.image_tokens
-                labels += [IGNORE_INDEX] * self.image_tokens
-                mask += [0] * self.image_tokens
+                count = s.get("image_tokens", self.image_tokens)
+                ids += [self.image_token_id] * count
+                labels += [IGNORE_INDEX] * count
+                mask += [0] * count
             rows.append((ids, labels, mask))
         width = max(len(ids) for ids, _, _ in rows)
         pad = [width - len(ids) for ids, _, _ in rows]
@@ -220,36 +239,16 @@ class InstructionCollator:
             "input_ids": torch.tensor([ids + [self.pad_id] * p for (ids, _, _), p in zip(rows, pad)]),
             "labels": torch.tensor([labels + [IGNORE_INDEX] * p for (_, labels, _), p in zip(rows, pad)]),
             "attention_mask": torch.tensor([mask + [0] * p for (_, _, mask), p in zip(rows, pad)]),
-            "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         }
+        if "image_size" in samples[0]:  # high-res: each row's views, one after the other
+            batch["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
+            batch["tiles_per_image"] = torch.tensor([len(s["pixel_values"]) for s in samples])
+            batch["image_sizes"] = torch.tensor([list(s["image_size"]) for s in samples])
+        else:
+            batch["pixel_values"] = torch.stack([s["pixel_values"] for s in samples])
         if "stream_position" in samples[0]:  # a stream's batch comes from one worker, in order (resume)
             batch["stream_position"] = samples[-1]["stream_position"]
         return batch
-
-
-def _collate_questions(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {key: [s[key] for s in samples] for key in ("question_ids", "questions", "images")}
-
-
-class QuestionRecords(Dataset):
-    """LLaVA's evaluation questions (``[{"question_id", "image"?, "text"}]``, JSON or JSON lines), images opened."""
-
-    def __init__(self, path: str, image_root: str | None) -> None:
-        text = Path(path).read_text()
-        lines = [line for line in text.splitlines() if line.strip()]
-        self.questions = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in lines]
-        self.root = Path(image_root) if image_root else Path(path).parent
-
-    def __len__(self) -> int:
-        return len(self.questions)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        from datamodules.sources import open_image
-
-        q = self.questions[index]
-        qid = q.get("question_id", index)
-        image = open_image(self.root / q["image"], f"question {qid}") if q.get("image") else None
-        return {"question_ids": qid, "questions": q.get("text", q.get("question")), "images": image}
 
 
 class InstructionDataModule(ZooDataModule):
@@ -257,8 +256,9 @@ class InstructionDataModule(ZooDataModule):
 
     Batches (:class:`~datamodules.base.Batch`): ``input_ids``, ``labels`` (−100 outside the answers and the
     ``</s>`` closing each; not shifted), ``attention_mask`` [B, L], right-padded; ``pixel_values`` [B, 3, S, S]
-    (one image per row; a zero image for text-only rows); ``key``. The template, tokenizer, image transform and
-    image-token count come from the model through :meth:`connect`.
+    (one image per row; a zero image for text-only rows); ``key``. With a high-res model (AnyRes / HD):
+    ``pixel_values`` [N, 3, T, T] (every row's views), ``tiles_per_image`` [B], ``image_sizes`` [B, 2] (h, w).
+    The template, tokenizer, image transform and image-token count come from the model through :meth:`connect`.
 
     Args:
         source: ``shapesworld`` (generated on the fly; stage 1 gets caption records when the model's template is
@@ -272,6 +272,8 @@ class InstructionDataModule(ZooDataModule):
             is replaced by another sample, so every rank keeps its batch size.
         shuffle_buffer: webdataset sample shuffle buffer for training.
         shapesworld: sizes of the generated ShapesWorld data.
+        group_by_length: train on batches of similar length (text + visual tokens), one modality per step
+            (:mod:`datamodules.length_grouped`; map-style sources: not ``webdataset``).
     """
 
     def __init__(
@@ -289,8 +291,12 @@ class InstructionDataModule(ZooDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         seed: int = 0,
+        group_by_length: bool = False,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, skip_corrupt=skip_invalid, seed=seed)
+        super().__init__(
+            batch_size, eval_batch_size, num_workers, skip_corrupt=skip_invalid, seed=seed,
+            group_by_length=group_by_length,
+        )  # fmt: skip
         if isinstance(shapesworld, dict):
             shapesworld = ShapesWorldInstructions(**shapesworld)
         self.save_hyperparameters()
@@ -310,8 +316,9 @@ class InstructionDataModule(ZooDataModule):
         if missing:
             raise TypeError(f"InstructionDataModule needs a LLaVA-family model; data_transforms lack {sorted(missing)}")
         self.tokenized = Tokenized(
-            tokenizer, kwargs["template"], kwargs["image_tokens"], kwargs.get("max_length"), kwargs.get("system_prompt")
-        )
+            tokenizer, kwargs["template"], kwargs["image_tokens"], kwargs.get("max_length"),
+            kwargs.get("system_prompt"), kwargs.get("high_res"),
+        )  # fmt: skip
         self.image_size = kwargs["image_size"]
         self._records = {}
 
@@ -341,11 +348,13 @@ class InstructionDataModule(ZooDataModule):
             return stream
         if self.source == "shapesworld":
             source = ShapesWorldRecords(split, self.shapesworld, captions=self.tokenized.template == "plain")
+            size_of = source.image_size
         else:
             if self.paths[split] is None:
                 raise ValueError(f"no {split} file: set --data.init_args.{split} to a LLaVA JSON file")
             source = LLaVAJsonRecords(self.paths[split], self.image_root, skip_invalid=self.skip_invalid)
-        records = TokenizedRecords(source, self.tokenized, self.skip_invalid, source.text_record)
+            size_of = lambda index, record: image_file_size(source, record)  # noqa: E731
+        records = TokenizedRecords(source, self.tokenized, self.skip_invalid, source.text_record, size_of)
         if records.skipped:
             rank_zero_warn(
                 f"{split}: left out {len(records.skipped)} invalid sample(s) of {len(source)} (skip_invalid): "
@@ -357,7 +366,8 @@ class InstructionDataModule(ZooDataModule):
     def recipe(
         self, split: Split, records: Dataset | IterableDataset, train: bool, tokenize: bool
     ) -> InstructionRecipe:
-        return InstructionRecipe(self.transforms["train" if train else "eval"], self.image_size, self.seed)
+        transform = self.transforms["train" if train else "eval"]
+        return InstructionRecipe(transform, self.image_size, self.seed, self.tokenized)
 
     def collator(self, split: Split, tokenize: bool) -> InstructionCollator:
         tok = self.tokenizer
@@ -367,4 +377,4 @@ class InstructionDataModule(ZooDataModule):
         if self.predict_path is None:
             raise ValueError("predict needs --data.init_args.predict: a JSON file of questions")
         questions = QuestionRecords(self.predict_path, self.image_root)
-        return DataLoader(questions, batch_size=self.eval_batch_size, collate_fn=_collate_questions)
+        return DataLoader(questions, batch_size=self.eval_batch_size, collate_fn=collate_questions)

@@ -1,9 +1,9 @@
 """LLaVA / LLaVA-1.5 (Liu et al., 2023; 2024): visual instruction tuning of a causal LM over a CLIP vision
-tower, with transformers' ``LlavaForConditionalGeneration`` as the model."""
+tower, with transformers' ``LlavaForConditionalGeneration`` as the model; with ``high_res``, LLaVA-NeXT's AnyRes
+or LLaVA-1.5-HD in transformers' ``LlavaNextForConditionalGeneration``."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -11,35 +11,27 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from zoo.backbones.llava.build import (
-    Projector,
-    build_llava,
-    encode_prompt,
-    image_processor,
-    llava_processor,
-    num_image_tokens,
-)
+from zoo.backbones.llava.build import Projector, build_llava, image_processor, num_image_tokens
 from zoo.backbones.llava.clip_vision import ImageSpec
-from zoo.backbones.llava.conversation import inference_prompt
-from zoo.backbones.llava.parts import PARTS, LoRAConfig, Stage, apply_lora, canonical_name, part_modules, stage_parts
+from zoo.backbones.llava.high_res import HighRes, HighResTransform, describe_out_of_memory
+from zoo.backbones.llava.parts import (
+    PARTS,
+    LoRAConfig,
+    Stage,
+    apply_lora,
+    canonical_name,
+    newline_parameter,
+    part_modules,
+    stage_parts,
+)
 from zoo.base import ZooModule
+from zoo.llava_inference import ImageTransform, LLaVAInference
 from zoo.losses import causal_lm_loss, supervised_token_count
 
 Template = Literal["plain", "vicuna_v1", "chat_template"]
-
-
-class ImageTransform:
-    """PIL image → ``[3, S, S]`` tensor through a transformers image processor (picklable for workers)."""
-
-    def __init__(self, processor: Callable) -> None:
-        self.processor = processor
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
 
 def resolved_spec(spec: str | None) -> str | None:
@@ -51,12 +43,13 @@ def resolved_spec(spec: str | None) -> str | None:
     return f"{scheme}{path.resolve()}" if path.exists() else spec
 
 
-class LLaVA(ZooModule):
+class LLaVA(LLaVAInference, ZooModule):
     """LLaVA / LLaVA-1.5 in one module; the training stage is configuration.
 
     Public API: :meth:`generate` (images + questions → answers), :meth:`export_hf` (a transformers folder),
     ``LLaVA.load_from_checkpoint(path)``; ``self.model`` is the transformers ``LlavaForConditionalGeneration``
-    (a peft ``PeftModel`` around it with LoRA; :attr:`llava` is always the LLaVA itself).
+    (``LlavaNextForConditionalGeneration`` with ``high_res``; a peft ``PeftModel`` around it with LoRA; :attr:`llava`
+    is always the LLaVA itself).
 
     Args:
         model_name_or_path: a whole LLaVA (``llava-hf/llava-1.5-7b-hf``, a folder, a zoo export); else built
@@ -87,6 +80,13 @@ class LLaVA(ZooModule):
         cache_dir: where hub downloads go. seed: initialisation seed of new weights (projector, tiny LM, LoRA).
         image_spec: the preprocessing (:class:`~zoo.backbones.llava.clip_vision.ImageSpec` fields) instead of the
             tower's own; checkpoints save the one trained with, so a reload preprocesses as the training did.
+        high_res: LLaVA-NeXT AnyRes (``{mode: anyres}``: the canvas per image from ``pinpoints``, default the
+            llava-v1.6 list scaled to the tower; ``merge`` spatial_unpad with the learned newline, or flat /
+            spatial; ``pinpoint_order`` hw (transformers) or wh (original code)) or LLaVA-1.5-HD (``{mode: hd,
+            grid: [2, 2]}``: fixed native tiles + the global view, merge spatial; ``global_context: false``: tiles
+            only); ``max_visual_tokens`` bounds one image's tokens. See
+            :class:`~zoo.backbones.llava.high_res.HighRes`. ``null``: LLaVA-1.5 (a LLaVA-NeXT ``model_name_or_path``
+            defaults to anyres with its own pinpoints). ``image_newline`` trains with the projector.
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (LLaVA defaults: weight decay 0, betas
             (0.9, 0.999), eps 1e-8, warmup ratio 0.03, cosine).
     """
@@ -113,6 +113,7 @@ class LLaVA(ZooModule):
         cache_dir: str | None = None,
         seed: int = 0,
         image_spec: dict[str, Any] | None = None,
+        high_res: dict[str, Any] | None = None,
         lr: float = 2e-05,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -130,8 +131,10 @@ class LLaVA(ZooModule):
         self.stage = stage
         self.template = template or ("plain" if stage == "pretrain" else "vicuna_v1")
         self.image_aspect_ratio = image_aspect_ratio or ("square" if stage == "pretrain" else "pad")
+        self.high_res: HighRes | None = None  # set by build_backbone
         model = self.build_backbone()  # from the hyper-parameters just saved
         self.hparams["image_spec"] = dataclasses.asdict(self.image_spec)  # saved with the checkpoint: the preprocessing
+        self.hparams["high_res"] = None if self.high_res is None else self.high_res.options()  # resolved
         if activation_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
@@ -146,7 +149,8 @@ class LLaVA(ZooModule):
 
     # ------------------------------------------------------------------------------ structure
     def build_backbone(self) -> LlavaForConditionalGeneration:
-        """The hyper-parameters' model (``build_llava``); sets tokenizer, image_spec, image_tokens and images."""
+        """The hyper-parameters' model (``build_llava``); sets tokenizer, image_spec, image_tokens, images and
+        high_res (a LLaVA becomes a ``LlavaNextForConditionalGeneration`` with the same weights for high_res)."""
         hp, spec = self.hparams, self.hparams.image_spec
         model, self.tokenizer, self.image_spec = build_llava(
             hp.model_name_or_path, hp.vision_tower, hp.language_model, hp.projector, hp.vision_feature_layer,
@@ -154,6 +158,19 @@ class LLaVA(ZooModule):
         )  # fmt: skip
         if spec is not None:
             self.image_spec = ImageSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+        options, is_next = hp.get("high_res"), isinstance(model, LlavaNextForConditionalGeneration)
+        options = {"mode": "anyres"} if options is None and is_next else options
+        self.high_res = None
+        if options is not None:
+            vision = model.config.vision_config
+            canvases = model.config.image_grid_pinpoints if is_next else None
+            self.high_res = HighRes.from_options(options, vision.image_size, vision.patch_size, canvases)
+            if is_next:
+                model.config.image_grid_pinpoints = self.high_res.canvases
+            else:
+                from zoo.backbones.llava.next import to_llava_next
+
+                model = to_llava_next(model, self.high_res.canvases, hp.seed)
         self.image_tokens = num_image_tokens(model.config)
         self.images = image_processor(self.image_spec, pad=self.image_aspect_ratio == "pad")
         return model
@@ -183,6 +200,10 @@ class LLaVA(ZooModule):
                     module.requires_grad_(True)
         if projector == "linear":  # the identity second layer stays fixed: one Linear, as LLaVA's
             self.llava.model.multi_modal_projector.linear_2.requires_grad_(False)
+        newline = newline_parameter(self.llava)
+        if newline is not None:  # trains with the projector where the merge uses it (else no gradient: frozen)
+            used = bool(self.high_res and self.high_res.newline)
+            newline.requires_grad_(used and parts.get("projector") is not False)
         return parts
 
     def learning_rates(self) -> dict[str, float]:
@@ -192,6 +213,19 @@ class LLaVA(ZooModule):
             if setting is not True and setting is not False:
                 rates.update({names[module]: float(setting) for module in part_modules(self.llava, part)})
         return rates
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """:meth:`ZooModule.parameter_groups`, with ``image_newline`` at the projector's own lr (when it has one)."""
+        groups = super().parameter_groups()
+        newline, lr = newline_parameter(self.llava), self._trainable.get("projector")
+        if newline is None or not newline.requires_grad or isinstance(lr, bool):
+            return groups
+        for group in groups:
+            group["params"] = [p for p in group["params"] if p is not newline]
+        at_lr = [group for group in groups if group.get("lr") == float(lr)]
+        no_decay = [group for group in at_lr if group["weight_decay"] == 0.0]
+        (no_decay or at_lr)[0]["params"].append(newline)
+        return groups
 
     def vision_trainable(self) -> bool:
         return any(p.requires_grad for p in self.llava.model.vision_tower.parameters())
@@ -219,16 +253,18 @@ class LLaVA(ZooModule):
     def data_transforms(self) -> dict[str, Any]:
         """What :class:`datamodules.InstructionDataModule` needs: tokenizer, image transform, template, image
         tokens per image (:func:`~zoo.backbones.llava.build.num_image_tokens`), system prompt, max length."""
-        transform = ImageTransform(self.images)
+        high_res = self.high_res
+        transform = ImageTransform(self.images) if high_res is None else HighResTransform(high_res, self.image_spec)
         return {
             "tokenizer": self.tokenizer,
             "train_transform": transform,
             "eval_transform": transform,
             "template": self.template,
-            "image_tokens": self.image_tokens,
+            "image_tokens": self.image_tokens if high_res is None else 1,  # high-res: expanded once the image is read
             "system_prompt": self.hparams.system_prompt,
             "max_length": self.hparams.max_length,
             "image_size": self.image_spec.image_size,
+            **({} if high_res is None else {"high_res": high_res}),
         }
 
     # -------------------------------------------------------------------------------- forward
@@ -243,19 +279,50 @@ class LLaVA(ZooModule):
                 selected = selected[:, 1:]
         return inner.multi_modal_projector(selected)
 
+    def visual_features(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, input_ids: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """High-res: each image's merged visual sequence [tokens, D] from the views of all images [N, 3, T, T]
+        (each image's :meth:`HighRes.views_of`, in row order) and their sizes [B, 2] (h, w); with ``input_ids``,
+        each row's placeholders are checked against :meth:`HighRes.tokens` of its image."""
+        high_res = self.high_res
+        sizes = [tuple(int(side) for side in size) for size in image_sizes.tolist()]
+        views = [high_res.views_of(size) for size in sizes]
+        if sum(views) != len(pixel_values):
+            raise ValueError(f"{len(pixel_values)} views for images of (h, w) {sizes}: expected {views}")
+        if input_ids is not None:
+            found = (input_ids == self.llava.config.image_token_id).sum(1).tolist()
+            expected = [high_res.tokens(size) for size in sizes]
+            if found != expected:
+                raise ValueError(f"image placeholders per row {found}; the images of (h, w) {sizes} give {expected}")
+        tiles = self.image_features(pixel_values).split(views)
+        newline = newline_parameter(self.llava)
+        return [high_res.merge_features(f, size, newline) for f, size in zip(tiles, sizes)]
+
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, L, D] of the LM (after its final norm), image features spliced in at the
-        ``<image>`` placeholders (transformers' ``masked_scatter``, which checks the counts)."""
+        ``<image>`` placeholders (transformers' ``masked_scatter``, which checks the counts). High-res:
+        ``pixel_values`` are all images' views [N, 3, T, T] and ``image_sizes`` their (h, w) [B, 2]."""
         encoded = None
-        if pixel_values is not None:
+        if pixel_values is not None and self.high_res is not None:
+            if image_sizes is None:
+                raise ValueError("a high-res LLaVA needs image_sizes [B, 2] (h, w) with the views in pixel_values")
+            features = self.visual_features(pixel_values, image_sizes, input_ids)
+            encoded = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        elif pixel_values is not None:
             encoded = {"image": BaseModelOutputWithPooling(pooler_output=list(self.image_features(pixel_values)))}
         out = self.llava.model(input_ids=input_ids, attention_mask=attention_mask, mm_encoder_outputs=encoded)
         return out.last_hidden_state
 
     def _lm_terms(self, batch: dict[str, Any], num_supervised: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        hidden = self(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"))
+        sizes = {"image_sizes": batch["image_sizes"]} if "image_sizes" in batch else {}
+        hidden = self(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), **sizes)
         head = self.llava.lm_head
         return causal_lm_loss(hidden, batch["labels"], head.weight, head.bias, num_supervised)
 
@@ -271,6 +338,23 @@ class LLaVA(ZooModule):
             backward(loss)
             total = total + loss.detach()
         return {"lm_loss": total}
+
+    def visual_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Visual tokens of each row [B] (attended image placeholders: a text-only row's masked ones are 0)."""
+        placeholders = batch["input_ids"] == self.llava.config.image_token_id
+        return (placeholders & batch["attention_mask"].bool()).sum(1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """:meth:`ZooModule.training_step`, logging ``train/visual_tokens`` (mean per row of the batch); an
+        out-of-memory error is raised again naming the batch's samples and their token counts."""
+        if "input_ids" not in batch:  # another batch layout (VladVA's contrastive batches)
+            return super().training_step(batch, batch_idx)
+        visual = self.visual_tokens(batch)
+        self.log("train/visual_tokens", visual.float().mean(), batch_size=len(visual))
+        try:
+            return super().training_step(batch, batch_idx)
+        except torch.OutOfMemoryError as error:
+            raise torch.OutOfMemoryError(describe_out_of_memory(batch, batch_idx, visual, error)) from error
 
     def on_train_epoch_end(self) -> None:
         """Say how many invalid samples the data module left out or replaced (``skip_invalid``), every epoch."""
@@ -312,88 +396,3 @@ class LLaVA(ZooModule):
             + (f"; shapes differ: {skipped}" if skipped else "")
         )
         return {"loaded": loaded, "skipped": skipped}
-
-    # ----------------------------------------------------------------------------- generation
-    def prompt_ids(self, questions: list[str], has_image: list[bool]) -> list[list[int]]:
-        """Token ids of the inference prompts (the model's template), each image expanded to its tokens."""
-        texts = [
-            inference_prompt(q, self.template, has_image=h, tokenizer=self.tokenizer, system=self.hparams.system_prompt)
-            for q, h in zip(questions, has_image)
-        ]
-        return [encode_prompt(text, self.tokenizer, self.image_tokens) for text in texts]
-
-    @torch.no_grad()
-    def generate(
-        self,
-        images: list[Image.Image | None] | Image.Image | None,
-        prompts: list[str] | str,
-        return_ids: bool = False,
-        **generation_kwargs: Any,
-    ) -> list[str] | list[list[int]]:
-        """Answers to ``prompts`` about ``images`` (``None``: a text-only prompt), batched with left padding,
-        through transformers' ``generate`` (greedy by default; sampling / beams by its arguments), in eval mode
-        (no LoRA dropout) whatever the module's mode; ``return_ids``: the answers' token ids, up to EOS."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        images = [images] * len(prompts) if images is None or isinstance(images, Image.Image) else list(images)
-        ids = self.prompt_ids(prompts, [image is not None for image in images])
-        pixel_values = None
-        if any(image is not None for image in images):
-            transform, size = ImageTransform(self.images), self.image_spec.image_size
-            pixel_values = torch.stack(
-                [transform(image) if image is not None else torch.zeros(3, size, size) for image in images]
-            ).to(self.device, self.dtype)
-            # a text-only row of a mixed batch: its (zero) image's tokens sit masked in the left padding
-            ids = [row if image is not None else [self.llava.config.image_token_id] * self.image_tokens + row
-                   for row, image in zip(ids, images)]  # fmt: skip
-        width = max(len(row) for row in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=self.device)
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
-        for i, image in enumerate(images):
-            if image is None and pixel_values is not None:
-                mask[i, width - len(ids[i]) : width - len(ids[i]) + self.image_tokens] = 0
-        generation_kwargs.setdefault("max_new_tokens", 64)
-        generation_kwargs.setdefault("do_sample", False)
-        generation_kwargs.setdefault("pad_token_id", pad)
-        if pixel_values is not None:
-            generation_kwargs["pixel_values"] = pixel_values
-        training = self.training
-        self.eval()
-        try:
-            out = self.llava.generate(input_ids=input_ids, attention_mask=mask, **generation_kwargs)[:, width:]
-        finally:
-            self.train(training)
-        eos = self.tokenizer.eos_token_id
-        rows = [row[: row.index(eos)] if eos in row else row for row in out.tolist()]  # after EOS: padding
-        if return_ids:
-            return rows
-        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Answers of a batch of questions (``InstructionDataModule(predict=...)``), LLaVA's answer format."""
-        answers = self.generate(batch["images"], batch["questions"])
-        return [
-            {"question_id": qid, "prompt": question, "text": answer}
-            for qid, question, answer in zip(batch["question_ids"], batch["questions"], answers)
-        ]
-
-    # --------------------------------------------------------------------------------- export
-    def export_hf(self, folder: str | Path, merge_lora: bool = True) -> Path:
-        """Write a plain transformers LLaVA folder (model, tokenizer, processor), loadable with
-        ``LlavaForConditionalGeneration.from_pretrained`` + ``LlavaProcessor.from_pretrained``. With LoRA, the
-        adapters are merged (``merge_lora``) or kept as a peft adapter folder ``adapter/`` beside the base.
-
-        The processor is the zoo's (PIL) one, but transformers picks an image processor's backend when loading,
-        not from the folder (5.x: torchvision whenever installed; its bicubic resize differs by ~0.02):
-        ``LlavaProcessor.from_pretrained(folder, backend="pil")`` gives exactly the zoo's pixels (tested)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        model = self.llava
-        if hasattr(self.model, "get_base_model"):
-            wrapped = copy.deepcopy(self.model).cpu()
-            if not merge_lora:
-                self.model.save_pretrained(folder / "adapter")
-            model = wrapped.merge_and_unload() if merge_lora else wrapped.unload()
-        model.save_pretrained(folder)
-        llava_processor(model, self.tokenizer, self.images).save_pretrained(folder)
-        return folder

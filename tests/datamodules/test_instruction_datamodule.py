@@ -311,3 +311,24 @@ def test_a_training_epoch_ends_by_saying_how_many_invalid_samples_it_skipped(mod
     trainer.fit(model, dm)
     assert trainer.callback_metrics["data/skipped_invalid"] == 2
     assert "2 invalid sample(s) skipped (empty_answer: " in caplog.text
+
+
+def test_group_by_length_gives_one_modality_per_batch_of_similar_lengths(models):
+    """The records offer their lengths and modalities; the grouped epoch keeps every record once and mixes
+    text-only and image rows in one batch at most, only when the counts force it (a quarter are text-only)."""
+    shapes = {"n_train": 32, "n_val": 4, "n_test": 4, "image_size": 32, "text_only_rate": 0.25}
+    dm = connected(models["finetune"], shapesworld=shapes, group_by_length=True)
+    plain = connected(models["finetune"], shapesworld=shapes)
+    grouped, shuffled = list(dm.train_dataloader()), list(plain.train_dataloader())
+    assert sorted(k for b in grouped for k in b["key"]) == sorted(k for b in shuffled for k in b["key"])
+    records = dm.records("train")
+    assert 0 < sum(records.has_image) < len(records.has_image)
+    image_token = models["finetune"].tokenizer.image_token_id
+    mixed = 0
+    for batch in grouped:  # a text-only row's placeholders are masked
+        has_image = ((batch["input_ids"] == image_token) & batch["attention_mask"].bool()).any(-1)
+        mixed += not (has_image.all() or not has_image.any())
+    assert mixed == int(sum(records.has_image) % 4 != 0)
+    spread = [int(b["attention_mask"].sum(-1).max() - b["attention_mask"].sum(-1).min()) for b in grouped]
+    random_spread = [int(b["attention_mask"].sum(-1).max() - b["attention_mask"].sum(-1).min()) for b in shuffled]
+    assert sum(spread) < sum(random_spread)

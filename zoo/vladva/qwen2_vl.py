@@ -19,7 +19,6 @@ What differs from LLaVA, and where it is handled here:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -211,14 +210,7 @@ def export(module: Any, folder: str | Path, merge_lora: bool = True) -> Path:
     from transformers import AutoProcessor
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model = module.llava
-    if hasattr(module.model, "get_base_model"):
-        wrapped = copy.deepcopy(module.model).cpu()
-        if not merge_lora:
-            module.model.save_pretrained(folder / "adapter")
-        model = wrapped.merge_and_unload() if merge_lora else wrapped.unload()
-    model.save_pretrained(folder)
+    module.save_weights(folder, merge_lora)
     processor = AutoProcessor.from_pretrained(module.hparams.model_name_or_path, cache_dir=module.hparams.cache_dir)
     pixels = module.image_spec.image_size**2
     processor.image_processor.size = {"shortest_edge": pixels, "longest_edge": pixels}

@@ -148,9 +148,14 @@ def llava_processor(
 def load_llava(
     spec: str, cache_dir: str | None = None
 ) -> tuple[LlavaForConditionalGeneration, PreTrainedTokenizerBase, ImageSpec]:
-    """A whole LLaVA (``llava-hf/llava-1.5-7b-hf`` or a folder, e.g. a zoo export): model, tokenizer and the
-    image spec of its processor."""
-    model = LlavaForConditionalGeneration.from_pretrained(spec, cache_dir=cache_dir, dtype=torch.float32)
+    """A whole LLaVA (``llava-hf/llava-1.5-7b-hf`` or a folder, e.g. a zoo export; a LLaVA-NeXT such as
+    ``llava-hf/llava-v1.6-vicuna-7b-hf`` loads as ``LlavaNextForConditionalGeneration``): model, tokenizer and
+    the image spec of its processor."""
+    from transformers import AutoConfig, LlavaNextForConditionalGeneration
+
+    next_model = AutoConfig.from_pretrained(spec, cache_dir=cache_dir).model_type == "llava_next"
+    cls = LlavaNextForConditionalGeneration if next_model else LlavaForConditionalGeneration
+    model = cls.from_pretrained(spec, cache_dir=cache_dir, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(spec, cache_dir=cache_dir)
     tokenizer = processor.tokenizer
     if getattr(tokenizer, "image_token_id", None) is None:

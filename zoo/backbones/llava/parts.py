@@ -1,7 +1,8 @@
 """Which parts of a LLaVA train, at which learning rate, and with which adapters (LLaVA-1.5's stages).
 
 The parts of a transformers ``LlavaForConditionalGeneration``: ``vision_tower``, ``projector``
-(``multi_modal_projector``) and ``language_model`` (the decoder and ``lm_head``).
+(``multi_modal_projector``; on a ``LlavaNextForConditionalGeneration`` also ``image_newline``, see
+:func:`newline_parameter`) and ``language_model`` (the decoder and ``lm_head``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def part_modules(llava: LlavaForConditionalGeneration, part: str) -> list[nn.Mod
     if part not in modules:
         raise ValueError(f"unknown LLaVA part {part!r}: expected one of {PARTS}")
     return modules[part]()
+
+
+def newline_parameter(llava: LlavaForConditionalGeneration) -> nn.Parameter | None:
+    """LLaVA-NeXT's learned ``image_newline`` (None on a LLaVA): part of the ``projector`` part, trained with it
+    when the model's merge uses it (``spatial_unpad`` with the newline; LLaVA-1.5-HD leaves it frozen, unused)."""
+    return getattr(llava.model, "image_newline", None)
 
 
 def stage_parts(stage: Stage) -> dict[str, bool | float]:
