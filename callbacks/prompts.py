@@ -41,8 +41,6 @@ import yaml
 
 from callbacks.plotting import pyplot, save_figure
 from callbacks.retrieval import retrieval_recall
-from zoo.inputs import image_batch
-from zoo.llava import ImageTransform
 
 TRAINED = "trained prompts"
 STATES = ("before", "after")
@@ -143,18 +141,15 @@ def tower_pass(model, modality: str, images: Any = None, texts: list[str] | None
     soft prompts and adapters): ``embeddings`` ``[B, D]`` (normalised), ``entropy`` ``[B]`` at the summary token and
     ``attention`` ``[layers, B]`` (the summary token's attention share on image tokens; needs
     :func:`eager_attention`)."""
-    if modality == "image":
-        pixels = image_batch(images, ImageTransform(model.images)).to(model.device, model.dtype)
-        batch = model.sequences.images(len(pixels))
+    if modality == "image":  # high-res too: each image's own count and size
+        pixels, batch = model.image_inputs(images)
     else:
-        pixels, batch = None, model.sequences.texts(list(texts))
-    batch = {k: v.to(model.device) for k, v in batch.items()}
+        pixels, batch = None, {k: v.to(model.device) for k, v in model.sequences.texts(list(texts)).items()}
     ids, index = batch[f"{modality}_input_ids"], batch[f"{modality}_summary_index"]
     image_mask = ids == model.llava.config.image_token_id
     with summary_attention(model, index, image_mask) as shares:
-        states = model.sequence_states(
-            modality, ids, batch[f"{modality}_attention_mask"], batch[f"{modality}_soft_mask"], pixels
-        )
+        mask, soft = batch[f"{modality}_attention_mask"], batch[f"{modality}_soft_mask"]
+        states = model.sequence_states(modality, ids, mask, soft, pixels, batch.get("image_sizes"))
     summary = model.summary(states, index)
     return {
         "embeddings": F.normalize(summary.float(), dim=-1),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,10 +174,12 @@ class PairCollator(CaptionCollator):
         if self.sequences is None:
             return batch
         shorts, longs = [s["short"] for s in samples], [s["long"] for s in samples]
-        batch.update(pixel_values=batch["image"], short=shorts, long=longs)
+        image = batch["image"]  # high-res: a mapping of views, sizes and each image's count, spread into the batch
+        batch.update(dict(image) if isinstance(image, Mapping) else {"pixel_values": image}, short=shorts, long=longs)
         batch["has_short"] = torch.tensor([s is not None for s in shorts], dtype=torch.bool)
         batch["has_long"] = torch.tensor([t is not None for t in longs], dtype=torch.bool)
-        tokens = self.sequences(shorts, longs)
+        counts = {"image_tokens": batch["image_tokens"].tolist()} if "image_tokens" in batch else {}
+        tokens = self.sequences(shorts, longs, **counts)
         clash = sorted(k for k in set(tokens) & set(batch) if not _same(tokens[k], batch[k]))
         if clash:
             raise ValueError(f"the model's sequences() returned {clash}, which the batch holds with other values")

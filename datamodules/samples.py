@@ -230,6 +230,12 @@ class EpochIndexSampler(DistributedSampler):
         return super().__iter__()
 
 
+def stack_images(images: list[Any]) -> Any:
+    """``[B, 3, H, W]``; images that batch themselves (``type(image).collate``: a high-res model's views) do."""
+    collate = getattr(type(images[0]), "collate", None)
+    return collate(images) if collate is not None else torch.stack(images)
+
+
 class CaptionCollator:
     """Stacks images; tokenises the chosen captions and hard negatives (``[B, K, L]`` + ``[B, K]`` mask).
 
@@ -249,7 +255,7 @@ class CaptionCollator:
         samples = samples + [s["neighbour"] for s in samples if s.get("neighbour") is not None]
         batch: dict[str, Any] = {
             "key": [s["key"] for s in samples],
-            "image": torch.stack([s["image"] for s in samples]),
+            "image": stack_images([s["image"] for s in samples]),
             "captions": [s["captions"] for s in samples],
             "image_id": torch.tensor([s["image_id"] for s in samples]),
         }

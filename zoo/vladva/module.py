@@ -24,6 +24,7 @@ from zoo.inputs import Images, Texts, image_batch, text_list
 from zoo.llava import ImageTransform, LLaVA
 from zoo.losses import all_reduce_sum, contrastive_loss, sequence_nll, world_size
 from zoo.vladva import qwen2_vl
+from zoo.vladva.high_res import HighResImages, HighResImageTransform, image_inputs, required_sizes
 from zoo.vladva.prompts import EmbeddingPrompts, EmbeddingSequences, Modality
 from zoo.vladva.qwen2_vl import QWEN2_VL, backbone_type
 from zoo.vladva.soft_prompts import SoftPrompts
@@ -58,6 +59,8 @@ class VladVA(LLaVA):
         max_length: token limit of a sequence (the long caption's tail is cut).
         padding_side: how batched sequences are padded (``right``: the summary is gathered at its index).
         image_aspect_ratio, system_prompt, activation_checkpointing, cache_dir, seed, image_spec: as LLaVA's.
+        high_res: LLaVA-NeXT AnyRes / LLaVA-1.5-HD, as LLaVA's (LLaVA backbones only): an image's visual-token
+            count follows its size, so image sequences are padded per row (:mod:`zoo.vladva.high_res`).
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule`.
     """
 
@@ -86,6 +89,7 @@ class VladVA(LLaVA):
         cache_dir: str | None = None,
         seed: int = 0,
         image_spec: dict[str, Any] | None = None,
+        high_res: dict[str, Any] | None = None,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -102,7 +106,8 @@ class VladVA(LLaVA):
             image_aspect_ratio=image_aspect_ratio, max_length=max_length, lora=lora, trainable=parts,
             init_from=init_from, micro_batches=contrastive_accumulation,
             activation_checkpointing=activation_checkpointing, cache_dir=cache_dir, seed=seed, image_spec=image_spec,
-            lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, warmup_ratio=warmup_ratio, **kwargs,
+            high_res=high_res, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, warmup_ratio=warmup_ratio,
+            **kwargs,
         )  # fmt: skip
         own = inspect.signature(VladVA.__init__).parameters
         for name in [name for name in self.hparams if name not in own]:  # LLaVA's stage / template: fixed here
@@ -127,6 +132,8 @@ class VladVA(LLaVA):
         self.backbone_type = backbone_type(hp.model_name_or_path, hp.cache_dir)
         if self.backbone_type != QWEN2_VL:
             return super().build_backbone()
+        if hp.get("high_res") is not None:
+            raise ValueError("high_res (AnyRes / HD) is for LLaVA backbones; Qwen2-VL sizes its images itself")
         model, self.tokenizer, self.image_spec, self.images, self.image_tokens = qwen2_vl.load_qwen2_vl(
             hp.model_name_or_path, hp.cache_dir, hp.image_spec
         )
@@ -138,10 +145,8 @@ class VladVA(LLaVA):
         if self.backbone_type == QWEN2_VL:
             token = self.tokenizer.convert_ids_to_tokens(self.llava.config.image_token_id)
             qwen = {"image_token": token, "image_span": qwen2_vl.IMAGE_SPAN, "defaults": qwen2_vl.QWEN2_VL_PROMPTS}
-        hp = self.hparams
-        return EmbeddingSequences(
-            self.tokenizer, self.image_tokens, prompts, hp.max_length, hp.padding_side, long_captions, **qwen
-        )
+        hp, count = self.hparams, None if self.high_res is not None else self.image_tokens  # high-res: per image
+        return EmbeddingSequences(self.tokenizer, count, prompts, hp.max_length, hp.padding_side, long_captions, **qwen)
 
     # ---------------------------------------------------------------------------------- towers
     def sequence_states(
@@ -151,11 +156,12 @@ class VladVA(LLaVA):
         attention_mask: torch.Tensor,
         soft_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, L, D] of the LLM (after its final norm) over ``inputs_embeds``: the token
         embeddings, the soft prompts at ``soft_mask`` and the projected image features at the ``<image>`` slots,
-        each spliced out of place. Position ids count real tokens only, so padding never shifts a row (Qwen2-VL:
-        M-RoPE's, :func:`~zoo.vladva.qwen2_vl.position_ids`)."""
+        each spliced out of place, row after row. Position ids count real tokens only, so padding never shifts a
+        row (Qwen2-VL: M-RoPE's). High-res: every image's views [N, 3, T, T] and ``image_sizes`` [B, 2] (h, w)."""
         qwen, grid = self.backbone_type == QWEN2_VL, None
         embeds = self.llava.get_input_embeddings()(input_ids)
         if self.soft_prompts is not None:
@@ -165,13 +171,13 @@ class VladVA(LLaVA):
             if qwen:
                 grad = any(p.requires_grad for p in self.llava.model.visual.parameters())
                 features, grid = qwen2_vl.image_features(self.llava, pixel_values.to(self.dtype), grad)
+            elif self.high_res is not None:  # visual_features checks each row's slots against its image's count
+                features = torch.cat(self.visual_features(pixel_values, required_sizes(image_sizes), input_ids))
             else:
                 features = self.image_features(pixel_values)
-            features = features.to(embeds.dtype)
-            if int(slots.sum()) != features.shape[0] * features.shape[1]:
-                raise ValueError(
-                    f"{int(slots.sum())} <image> slots for {features.shape[0]} images of {features.shape[1]} tokens"
-                )
+            features = features.flatten(0, -2).to(embeds.dtype)  # row after row, as masked_scatter fills the slots
+            if int(slots.sum()) != len(features):
+                raise ValueError(f"{int(slots.sum())} <image> slots for {len(features)} image features")
             embeds = embeds.masked_scatter(slots[..., None], features)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if qwen:
@@ -189,14 +195,24 @@ class VladVA(LLaVA):
     def _tower(self, modality: Modality, batch: dict[str, Any], pixel_values: torch.Tensor | None = None):
         states = self.sequence_states(
             modality, batch[f"{modality}_input_ids"], batch[f"{modality}_attention_mask"],
-            batch[f"{modality}_soft_mask"], pixel_values,
+            batch[f"{modality}_soft_mask"], pixel_values, batch.get("image_sizes"),
         )  # fmt: skip
         return states, self.summary(states, batch[f"{modality}_summary_index"])
 
-    def encode_image(self, images: Images, normalize: bool = True) -> torch.Tensor:
-        """Image embeddings f_v ``[B, D]`` (L2-normalised by default) of PIL images or transformed tensors."""
-        pixels = image_batch(images, ImageTransform(self.images)).to(self.device, self.dtype)
-        batch = {k: v.to(self.device) for k, v in self.sequences.images(len(pixels)).items()}
+    def image_inputs(self, images: Images | HighResImages) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(pixel_values, batch)``: the image tower's pixels and sequences (high-res: per-image counts, sizes)."""
+        if self.high_res is None:
+            pixels = image_batch(images, ImageTransform(self.images))
+            batch = self.sequences.images(len(pixels))
+        else:
+            inputs = image_inputs(self.high_res, self.image_spec, images)
+            pixels, batch = inputs["pixel_values"], self.sequences.images(len(inputs), image_tokens=inputs.counts)
+            batch["image_sizes"] = inputs["image_sizes"]
+        return pixels.to(self.device, self.dtype), {k: v.to(self.device) for k, v in batch.items()}
+
+    def encode_image(self, images: Images | HighResImages, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings f_v ``[B, D]`` (L2-normalised by default) of PIL images or transformed ones."""
+        pixels, batch = self.image_inputs(images)
         embeddings = self._tower("image", batch, pixels)[1]
         return F.normalize(embeddings, dim=-1) if normalize else embeddings
 
@@ -215,7 +231,11 @@ class VladVA(LLaVA):
 
     def data_transforms(self) -> dict[str, Any]:
         """Tokenizer, image transform and the :class:`~zoo.vladva.prompts.EmbeddingSequences` the collator calls."""
-        return {**super().data_transforms(), "sequences": self.sequences}
+        transforms = {**super().data_transforms(), "sequences": self.sequences}
+        if self.high_res is not None:  # images that batch themselves, each with its count (zoo.vladva.high_res)
+            transform = HighResImageTransform(self.high_res, self.image_spec)
+            transforms.update(train_transform=transform, eval_transform=transform)
+        return transforms
 
     # -------------------------------------------------------------------------------- training
     def logit_scale(self, detach: bool = False) -> torch.Tensor:
@@ -282,10 +302,8 @@ class VladVA(LLaVA):
 
     def no_weight_decay(self) -> set[str]:
         """The soft prompts are embeddings: no weight decay, as the vocabulary's."""
-        names = (
-            {f"soft_prompts.{name}" for name, _ in self.soft_prompts.named_parameters()} if self.soft_prompts else set()
-        )
-        return super().no_weight_decay() | names
+        soft = self.soft_prompts.named_parameters() if self.soft_prompts is not None else []
+        return super().no_weight_decay() | {f"soft_prompts.{name}" for name, _ in soft}
 
     def configure_callbacks(self) -> list:
         if self.trainer.accumulate_grad_batches > 1:
@@ -356,7 +374,7 @@ class VladVA(LLaVA):
             "logit_scale": float(self.logit_scale(detach=True)),
         }
         for modality in ("image", "text"):
-            ids, soft, caption_start = self.sequences.first_turn(modality)
+            ids, soft, caption_start = self.sequences.first_turn(modality, image_tokens=1 if self.high_res else None)
             start, end = soft.index(True), len(soft) - soft[::-1].index(True)
             entry: dict[str, Any] = {"before_ids": ids[:start], "prompt_ids": ids[start:end]}
             if modality == "text":

@@ -95,12 +95,16 @@ class EmbeddingSequences:
     ``image_token`` is the image slots' token, ``image_span`` the text around them (Qwen2-VL:
     ``<|image_pad|>`` inside ``<|vision_start|>`` ... ``<|vision_end|>``), ``defaults`` a backbone's own
     templates (:data:`zoo.vladva.qwen2_vl.QWEN2_VL_PROMPTS`) under ``prompts``.
+
+    ``image_tokens`` is every image's count of ``<image>`` slots; ``None`` (LLaVA-NeXT AnyRes / HD: it depends on
+    the image's size) makes each call take the counts per row (``image_tokens=[...]``), so image rows differ in
+    length and are padded like text rows, the summary index following each row's own length and padding.
     """
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        image_tokens: int,
+        image_tokens: int | None,
         prompts: EmbeddingPrompts | None = None,
         max_length: int = 512,
         padding_side: Literal["right", "left"] = "right",
@@ -142,8 +146,20 @@ class EmbeddingSequences:
         """The text tokenised before a caption (the template's space before ``{caption}``)."""
         return next(text for kind, text in _pieces(self.prompts["text_template"]) if kind == "caption")
 
-    def first_turn(self, modality: Modality, caption: str = "") -> tuple[list[int], list[bool], int]:
-        """``(ids, soft_mask, caption_start)`` of a modality's first turn, BOS first; the summary token is last."""
+    def image_count(self, image_tokens: int | None = None) -> int:
+        """An image's number of ``<image>`` slots: ``image_tokens`` (its own) or the fixed count."""
+        count = self.image_tokens if image_tokens is None else image_tokens
+        if count is None:
+            raise ValueError("these sequences have no fixed image-token count (high-res): give image_tokens per image")
+        if int(count) < 1:
+            raise ValueError(f"an image needs at least one image token, got {count}")
+        return int(count)
+
+    def first_turn(
+        self, modality: Modality, caption: str = "", image_tokens: int | None = None
+    ) -> tuple[list[int], list[bool], int]:
+        """``(ids, soft_mask, caption_start)`` of a modality's first turn, BOS first; the summary token is last
+        (``image_tokens``: the image's slot count, default the fixed one)."""
         ids = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         soft, caption_start = [False] * len(ids), -1
         for kind, text in _pieces(self.prompts[f"{modality}_template"]):
@@ -151,7 +167,8 @@ class EmbeddingSequences:
                 piece = self.prompt_ids(modality)
             elif kind == "image":
                 opening, closing = self.image_span  # e.g. Qwen2-VL's <|vision_start|> ... <|vision_end|>
-                piece = self._ids(text + opening) + [self.image_id] * self.image_tokens + self._ids(closing)
+                count = self.image_count(image_tokens)
+                piece = self._ids(text + opening) + [self.image_id] * count + self._ids(closing)
             elif kind == "caption":
                 caption_start = len(ids)
                 piece = self._ids(text + caption) if caption else []
@@ -173,8 +190,8 @@ class EmbeddingSequences:
             labels += piece if supervised else [IGNORE_INDEX] * len(piece)
         return ids, labels
 
-    def image_row(self, long_caption: str | None, key: str = "?") -> dict[str, list]:
-        ids, soft, _ = self.first_turn("image")
+    def image_row(self, long_caption: str | None, key: str = "?", image_tokens: int | None = None) -> dict[str, list]:
+        ids, soft, _ = self.first_turn("image", image_tokens=image_tokens)
         if len(ids) > self.max_length:
             raise InvalidSampleError(
                 key, f"the image prompt alone has {len(ids)} tokens > max_length {self.max_length}"
@@ -221,21 +238,40 @@ class EmbeddingSequences:
         names = {"labels": "labels"}
         return {names.get(k, f"{prefix}_{k}"): torch.tensor(v) for k, v in out.items()}
 
-    def images(self, n: int, long_captions: list[str | None] | None = None) -> dict[str, torch.Tensor]:
-        """The image sequences of ``n`` images (their long captions appended where given)."""
+    def _counts(self, n: int, image_tokens: list[int] | None) -> list[int | None]:
+        if image_tokens is None:
+            return [None] * n
+        counts = [int(count) for count in image_tokens]
+        if len(counts) != n:
+            raise ValueError(f"{len(counts)} image-token counts for {n} images")
+        return counts
+
+    def images(
+        self, n: int, long_captions: list[str | None] | None = None, image_tokens: list[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The image sequences of ``n`` images (their long captions appended where given; ``image_tokens``: each
+        image's slot count, for high-res images)."""
         longs = long_captions or [None] * n
-        return self.pad([self.image_row(long) for long in longs], "image")
+        counts = self._counts(n, image_tokens)
+        return self.pad([self.image_row(long, image_tokens=c) for long, c in zip(longs, counts)], "image")
 
     def texts(self, captions: list[str | None]) -> dict[str, torch.Tensor]:
         """The text sequences of ``captions``."""
         return self.pad([self.text_row(caption) for caption in captions], "text")
 
     def __call__(
-        self, shorts: list[str | None], longs: list[str | None], keys: list[str] | None = None
+        self,
+        shorts: list[str | None],
+        longs: list[str | None],
+        keys: list[str] | None = None,
+        image_tokens: list[int] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """Both kinds of sequence of a batch (``image_tokens``: each image's slot count, for high-res images)."""
         keys = keys or [str(i) for i in range(len(shorts))]
         appended = longs if self.long_captions else [None] * len(longs)
-        batch = self.pad([self.image_row(long, key) for long, key in zip(appended, keys)], "image")
+        counts = self._counts(len(shorts), image_tokens)
+        rows = [self.image_row(long, key, count) for long, key, count in zip(appended, keys, counts)]
+        batch = self.pad(rows, "image")
         batch.update(self.pad([self.text_row(short, key) for short, key in zip(shorts, keys)], "text"))
         batch["has_short"] = torch.tensor([bool(s) for s in shorts])
         batch["has_long"] = torch.tensor([bool(long) for long in longs])
