@@ -119,30 +119,39 @@ def image_processor(spec: ImageSpec, pad: bool) -> LlavaImageProcessorPil:
     """LLaVA-1.5's preprocessing (``pad``: pad to a square with the mean colour, (122, 116, 104) for CLIP, then
     resize the shortest edge and centre-crop, i.e. ``LlavaImageProcessor(do_pad=True)``); without ``pad``,
     LLaVA's stage-1 plain resize + centre crop. PIL backend, as the reference code's processor."""
+    return LlavaImageProcessorPil(do_pad=pad, **image_processor_options(spec))
+
+
+def image_processor_options(spec: ImageSpec) -> dict[str, Any]:
+    """The CLIP-style preprocessing options of ``spec`` every LLaVA image processor of the zoo shares: the tower's
+    size (shortest edge and crop), its mean / std and resampling (PIL's 3 bicubic, 2 bilinear)."""
     size = int(spec.image_size)
-    return LlavaImageProcessorPil(
-        do_pad=pad,
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=list(spec.image_mean),
-        image_std=list(spec.image_std),
-        resample=3 if spec.interpolation == "bicubic" else 2,
-    )
+    return {
+        "size": {"shortest_edge": size},
+        "crop_size": {"height": size, "width": size},
+        "image_mean": list(spec.image_mean),
+        "image_std": list(spec.image_std),
+        "resample": 3 if spec.interpolation == "bicubic" else 2,
+    }
 
 
 def llava_processor(
     model: LlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, images: LlavaImageProcessorPil
 ) -> LlavaProcessor:
     """The ``LlavaProcessor`` matching ``model``: it expands each ``<image>`` to :func:`num_image_tokens`."""
+    return LlavaProcessor(image_processor=images, **processor_options(model, tokenizer))
+
+
+def processor_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What a LLaVA(-NeXT) processor needs beside its image processor to expand ``<image>`` as ``model`` does."""
     config = model.config
-    return LlavaProcessor(
-        image_processor=images,
-        tokenizer=tokenizer,
-        patch_size=config.vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        num_additional_image_tokens=1,  # the CLS token, dropped again by the "default" strategy
-        chat_template=getattr(tokenizer, "chat_template", None),
-    )
+    return {
+        "tokenizer": tokenizer,
+        "patch_size": config.vision_config.patch_size,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy,
+        "num_additional_image_tokens": 1,  # the CLS token, dropped again by the "default" strategy
+        "chat_template": getattr(tokenizer, "chat_template", None),
+    }
 
 
 def load_llava(

@@ -9,7 +9,7 @@ How ``pinpoint_order`` is stored: :attr:`HighRes.pinpoints` keeps the pairs as c
 ``pinpoint_order``); the transformers config always gets the candidate canvases as (height, width)
 (:attr:`HighRes.canvases`), i.e. for ``"wh"`` each pair swapped: transformers then chooses the same grids as the
 original code. Its unpad still rounds as transformers does, so only ``"hw"`` + ``spatial_unpad`` with the global
-view and the newline is transformers' own layout (:meth:`HighRes.transformers_layout`); the zoo computes the
+view and the newline is transformers' own layout (:meth:`HighRes.expressible_in_transformers`); the zoo computes the
 merged features itself in every mode and hands them to the model as ``mm_encoder_outputs``.
 """
 
@@ -173,11 +173,6 @@ class HighRes:
             features, image_hw, self.grid_of(image_hw), self.merge, newline if self.newline else None,
             self.pinpoint_order, self.global_view,
         )  # fmt: skip
-
-    def transformers_layout(self) -> bool:
-        """Whether transformers' ``LlavaNextForConditionalGeneration`` computes this layout itself (its
-        ``pack_image_features``): anyres order ``hw``, ``spatial_unpad``, the newline and the global view."""
-        return self.pinpoint_order == "hw" and self.merge == "spatial_unpad" and self.newline and self.global_view
 
     def expressible_in_transformers(self) -> str | None:
         """None when a LLaVA-NeXT export reproduces the zoo's features, else why not."""

@@ -19,7 +19,7 @@ from transformers import (
 )
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-from zoo.backbones.llava.build import num_image_tokens
+from zoo.backbones.llava.build import image_processor_options, num_image_tokens, processor_options
 from zoo.backbones.llava.clip_vision import ImageSpec
 from zoo.backbones.llava.high_res import HighRes
 
@@ -60,15 +60,7 @@ def to_llava_next(
 def next_image_processor(high_res: HighRes, spec: ImageSpec) -> LlavaNextImageProcessorPil:
     """transformers' AnyRes preprocessing for ``high_res`` (PIL backend: the zoo's pixels exactly when loaded
     with ``backend="pil"``): candidate canvases as (h, w), black padding, the squashed global view first."""
-    size = int(spec.image_size)
-    return LlavaNextImageProcessorPil(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_grid_pinpoints=high_res.canvases,
-        image_mean=list(spec.image_mean),
-        image_std=list(spec.image_std),
-        resample=3 if spec.interpolation == "bicubic" else 2,
-    )
+    return LlavaNextImageProcessorPil(image_grid_pinpoints=high_res.canvases, **image_processor_options(spec))
 
 
 def next_processor(
@@ -76,12 +68,6 @@ def next_processor(
 ) -> LlavaNextProcessor:
     """The ``LlavaNextProcessor`` of an export: it expands each ``<image>`` to the count of
     :meth:`HighRes.tokens` (transformers' own count, for the layouts it expresses)."""
-    config = model.config
     return LlavaNextProcessor(
-        image_processor=next_image_processor(high_res, spec),
-        tokenizer=tokenizer,
-        patch_size=config.vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        num_additional_image_tokens=1,  # the CLS token, dropped again by the "default" strategy
-        chat_template=getattr(tokenizer, "chat_template", None),
+        image_processor=next_image_processor(high_res, spec), **processor_options(model, tokenizer)
     )
