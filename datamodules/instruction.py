@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -63,13 +62,12 @@ class Tokenized:
         return expand_image_span(sample_id, input_ids, labels, image_id, count, self.max_length)
 
 
-def image_file_size(source: Any, record: dict[str, Any]) -> tuple[int, int] | None:
-    """(height, width) of a record's image from its file header (``source.image_root``-relative ``image_file``,
-    as :class:`LLaVAJsonRecords`), or None when it cannot be read (the read in ``__getitem__`` will say why)."""
+def image_file_size(source: LLaVAJsonRecords, record: dict[str, Any]) -> tuple[int, int] | None:
+    """(height, width) of a record's image from its file header (where :meth:`LLaVAJsonRecords.image_path` finds
+    its ``image_file``), or None when it cannot be read (the read in ``__getitem__`` will say why)."""
     from PIL import Image
 
-    path = Path(record["image_file"])
-    path = path if path.is_absolute() else Path(source.image_root) / path
+    path = source.image_path({"image": record["image_file"]})
     try:
         with Image.open(path) as image:  # reads the header only
             return image.height, image.width
