@@ -22,13 +22,14 @@ from zoo.backbones.llava.parts import (
     LoRAConfig,
     Stage,
     apply_lora,
-    canonical_name,
+    load_matching_tensors,
     newline_parameter,
     part_modules,
     stage_parts,
 )
 from zoo.base import ZooModule
 from zoo.llava_inference import ImageTransform, LLaVAInference
+from zoo.llava_scoring import LLaVAScoring
 from zoo.losses import causal_lm_loss, supervised_token_count
 
 Template = Literal["plain", "vicuna_v1", "chat_template"]
@@ -43,10 +44,11 @@ def resolved_spec(spec: str | None) -> str | None:
     return f"{scheme}{path.resolve()}" if path.exists() else spec
 
 
-class LLaVA(LLaVAInference, ZooModule):
+class LLaVA(LLaVAScoring, LLaVAInference, ZooModule):
     """LLaVA / LLaVA-1.5 in one module; the training stage is configuration.
 
-    Public API: :meth:`generate` (images + questions → answers), :meth:`export_hf` (a transformers folder),
+    Public API: :meth:`generate` (images + questions → answers), :meth:`answer_nll`, :meth:`choice_scores` and
+    :meth:`vqa_score` (likelihood scoring), :meth:`export_hf` (a transformers folder),
     ``LLaVA.load_from_checkpoint(path)``; ``self.model`` is the transformers ``LlavaForConditionalGeneration``
     (``LlavaNextForConditionalGeneration`` with ``high_res``; a peft ``PeftModel`` around it with LoRA; :attr:`llava`
     is always the LLaVA itself).
@@ -305,10 +307,12 @@ class LLaVA(LLaVAInference, ZooModule):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, L, D] of the LM (after its final norm), image features spliced in at the
         ``<image>`` placeholders (transformers' ``masked_scatter``, which checks the counts). High-res:
-        ``pixel_values`` are all images' views [N, 3, T, T] and ``image_sizes`` their (h, w) [B, 2]."""
+        ``pixel_values`` are all images' views [N, 3, T, T] and ``image_sizes`` their (h, w) [B, 2]. ``position_ids``
+        (default 0..L-1) from the mask make left-padded rows equal to right-padded ones."""
         encoded = None
         if pixel_values is not None and self.high_res is not None:
             if image_sizes is None:
@@ -317,7 +321,9 @@ class LLaVA(LLaVAInference, ZooModule):
             encoded = {"image": BaseModelOutputWithPooling(pooler_output=features)}
         elif pixel_values is not None:
             encoded = {"image": BaseModelOutputWithPooling(pooler_output=list(self.image_features(pixel_values)))}
-        out = self.llava.model(input_ids=input_ids, attention_mask=attention_mask, mm_encoder_outputs=encoded)
+        out = self.llava.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, mm_encoder_outputs=encoded
+        )
         return out.last_hidden_state
 
     def _lm_terms(self, batch: dict[str, Any], num_supervised: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -375,24 +381,5 @@ class LLaVA(LLaVAInference, ZooModule):
 
     # ----------------------------------------------------------------------------- checkpoints
     def load_matching(self, path: str) -> dict[str, list[str]]:
-        """Initialise from ``path`` (a zoo checkpoint, e.g. stage 1's): every tensor whose name (without peft's
-        wrapping) and shape match is loaded; says what was loaded and what was not."""
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        saved = {canonical_name(k): v for k, v in state.items()}
-        loaded, skipped = [], []
-        with torch.no_grad():
-            for name, tensor in self.state_dict(keep_vars=True).items():
-                source = saved.get(canonical_name(name))
-                if source is not None and source.shape == tensor.shape:
-                    tensor.copy_(source)
-                    loaded.append(name)
-                elif source is not None:
-                    skipped.append(f"{name} {tuple(source.shape)} != {tuple(tensor.shape)}")
-        if not loaded:
-            raise ValueError(f"init_from {path}: no tensor of the checkpoint matches this model")
-        groups = sorted({canonical_name(n).split(".")[2] for n in loaded})
-        rank_zero_info(
-            f"init_from {path}: loaded {len(loaded)} of its {len(state)} tensors ({', '.join(groups)})"
-            + (f"; shapes differ: {skipped}" if skipped else "")
-        )
-        return {"loaded": loaded, "skipped": skipped}
+        """Initialise from ``path`` (a zoo checkpoint, e.g. stage 1's): see :func:`load_matching_tensors`."""
+        return load_matching_tensors(self, path)

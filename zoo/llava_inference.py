@@ -5,6 +5,8 @@ for AnyRes)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +29,53 @@ class ImageTransform:
         return self.processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
 
+PromptImages = Image.Image | Sequence[Image.Image] | None
+"""One prompt's images: one, several (one ``<image>`` tag each in the question, in order) or none."""
+
+
+@dataclass
+class PromptBatch:
+    """Prompts ready for the LM: each row's ids with its images expanded (a text-only row of a batch with images
+    starts with a stand-in image's tokens, masked: ``masked`` leading tokens) and the encoded images in row order
+    (``pixel_values`` [N, 3, S, S]; high-res (views, image sizes); ``None`` when no prompt has an image)."""
+
+    ids: list[list[int]]
+    masked: list[int]
+    images: Any
+
+
+def images_per_prompt(images: PromptImages | Sequence[PromptImages], prompts: list[str], single: bool) -> list[list]:
+    """Each prompt's list of images; ``single``: ``prompts`` was one string, so ``images`` are its images."""
+    if single or images is None or isinstance(images, Image.Image):
+        images = [images] * len(prompts)
+    images = list(images)
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} image entries for {len(prompts)} prompts (one entry per prompt)")
+    return [[] if x is None else [x] if isinstance(x, Image.Image) else list(x) for x in images]
+
+
 class LLaVAInference:
     """Generation and export of :class:`zoo.LLaVA` (a mixin: it uses the module's ``llava``, ``tokenizer``,
     ``images``, ``image_spec``, ``image_tokens``, ``high_res`` and ``visual_features``)."""
 
     def prompt_ids(
-        self, questions: list[str], has_image: list[bool], image_tokens: list[int] | None = None
+        self, questions: list[str], has_image: list[bool], image_tokens: list[int | list[int]] | None = None
     ) -> list[list[int]]:
         """Token ids of the inference prompts (the model's template), each image expanded to its tokens
-        (``image_tokens`` per prompt; default: the model's fixed count)."""
+        (``image_tokens`` per prompt, a list for a prompt with several images; default: the model's fixed count)."""
+        counts = image_tokens or [self.image_tokens] * len(questions)
         texts = [
-            inference_prompt(q, self.template, has_image=h, tokenizer=self.tokenizer, system=self.hparams.system_prompt)
-            for q, h in zip(questions, has_image)
-        ]
-        counts = image_tokens or [self.image_tokens] * len(texts)
+            inference_prompt(
+                q, self.template, has_image=h, tokenizer=self.tokenizer, system=self.hparams.system_prompt,
+                images=len(c) if isinstance(c, list) else 1,
+            )
+            for q, h, c in zip(questions, has_image, counts)
+        ]  # fmt: skip
         return [encode_prompt(text, self.tokenizer, count) for text, count in zip(texts, counts)]
 
-    def _generation_images(self, images: list[Image.Image | None]) -> tuple[list[int], Any]:
-        """Per prompt its image-token count, and what encodes the images: ``pixel_values`` [B, 3, S, S]
-        (LLaVA-1.5) or, high-res, (views [sum, 3, T, T], image sizes [B, 2]); text-only rows of a mixed batch get
-        a zero (LLaVA-1.5) or black (high-res) image whose tokens sit masked in the left padding."""
+    def _encode_images(self, images: list[Image.Image | None]) -> tuple[list[int], Any]:
+        """Per image its token count, and what encodes them: ``pixel_values`` [N, 3, S, S] (LLaVA-1.5) or, high-res,
+        (views [sum, 3, T, T], image sizes [N, 2]); ``None`` is a stand-in (zero image; high-res: black)."""
         size, high_res = self.image_spec.image_size, self.high_res
         if high_res is None:
             transform = ImageTransform(self.images)
@@ -56,49 +85,72 @@ class LLaVAInference:
 
         transform = HighResTransform(high_res, self.image_spec)
         inputs = [transform(image if image is not None else Image.new("RGB", (size, size))) for image in images]
-        counts = [high_res.check_budget(f"prompt {i}", x["image_size"]) for i, x in enumerate(inputs)]
+        counts = [high_res.check_budget(f"image {i}", x["image_size"]) for i, x in enumerate(inputs)]
         sizes = torch.tensor([x["image_size"] for x in inputs])
         return counts, (torch.cat([x["pixel_values"] for x in inputs]), sizes)
+
+    def prompt_batch(self, images: PromptImages | Sequence[PromptImages], prompts: list[str] | str) -> PromptBatch:
+        """The prompts' ids and encoded images (``images``: one entry per prompt, see :data:`PromptImages`)."""
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        rows = images_per_prompt(images, prompts, single)
+        if self.high_res is not None and any(len(row) > 1 for row in rows):
+            raise ValueError("several images in one prompt are supported by LLaVA-1.5 (high_res: null) only")
+        has_image = [bool(row) for row in rows]
+        if not any(has_image):
+            return PromptBatch(self.prompt_ids(prompts, has_image, [0] * len(prompts)), [0] * len(prompts), None)
+        counts, encoded = self._encode_images([image for row in rows for image in row or [None]])
+        per_prompt, start = [], 0
+        for row in rows:
+            per_prompt.append(counts[start : start + max(len(row), 1)])
+            start += max(len(row), 1)
+        ids = self.prompt_ids(prompts, has_image, [c if h else 0 for c, h in zip(per_prompt, has_image)])
+        image_id = self.llava.config.image_token_id  # a text-only row: its stand-in's tokens masked in front
+        masked = [0 if h else c[0] for c, h in zip(per_prompt, has_image)]
+        return PromptBatch([[image_id] * m + row for row, m in zip(ids, masked)], masked, encoded)
+
+    def padded(self, batch: PromptBatch, side: str = "left") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``input_ids``, ``attention_mask`` and ``position_ids`` [B, L] of ``batch``, padded on ``side``; positions
+        count the attended tokens only, so a row's values do not depend on its padding."""
+        width, pad = max(len(row) for row in batch.ids), self.tokenizer.pad_token_id
+        ids, mask = [], []
+        for row, masked in zip(batch.ids, batch.masked):
+            fill = width - len(row)
+            attended = [0] * masked + [1] * (len(row) - masked)
+            ids.append([pad] * fill + row if side == "left" else row + [pad] * fill)
+            mask.append([0] * fill + attended if side == "left" else attended + [0] * fill)
+        mask_t = torch.tensor(mask, device=self.device)
+        positions = (mask_t.cumsum(1) - 1).clamp(min=0)
+        return torch.tensor(ids, device=self.device), mask_t, positions
 
     @torch.no_grad()
     def generate(
         self,
-        images: list[Image.Image | None] | Image.Image | None,
+        images: PromptImages | Sequence[PromptImages],
         prompts: list[str] | str,
         return_ids: bool = False,
         **generation_kwargs: Any,
     ) -> list[str] | list[list[int]]:
-        """Answers to ``prompts`` about ``images`` (``None``: a text-only prompt), batched with left padding,
-        through transformers' ``generate`` (greedy by default; sampling / beams by its arguments), in eval mode
-        (no LoRA dropout) whatever the module's mode; ``return_ids``: the answers' token ids, up to EOS.
+        """Answers to ``prompts`` about ``images`` (one entry per prompt: an image, several images for as many
+        ``<image>`` tags in the question, or ``None``: text only), batched with left padding, through transformers'
+        ``generate`` (greedy by default; sampling / beams by its arguments), in eval mode (no LoRA dropout)
+        whatever the module's mode; ``return_ids``: the answers' token ids, up to EOS.
 
         High-res: the zoo's merged features (any merge, order and global view) go in as ``mm_encoder_outputs``
         for the prompt's forward pass; transformers' own feature path is never used."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        images = [images] * len(prompts) if images is None or isinstance(images, Image.Image) else list(images)
-        has_image = [image is not None for image in images]
-        counts, encoded = self._generation_images(images) if any(has_image) else ([0] * len(images), None)
-        ids = self.prompt_ids(prompts, has_image, counts)
-        image_id = self.llava.config.image_token_id
-        if encoded is not None:  # a text-only row of a mixed batch: its image's tokens sit masked in the left padding
-            ids = [row if h else [image_id] * n + row for row, h, n in zip(ids, has_image, counts)]
-        width = max(len(row) for row in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=self.device)
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
-        for i, (h, n) in enumerate(zip(has_image, counts)):
-            if not h and encoded is not None:
-                mask[i, width - len(ids[i]) : width - len(ids[i]) + n] = 0
+        batch = self.prompt_batch(images, prompts)
+        input_ids, mask, _ = self.padded(batch, "left")
+        width, pad = input_ids.shape[1], self.tokenizer.pad_token_id
         generation_kwargs.setdefault("max_new_tokens", 64)
         generation_kwargs.setdefault("do_sample", False)
         generation_kwargs.setdefault("pad_token_id", pad)
         training = self.training
         self.eval()
         try:
-            if encoded is not None and self.high_res is None:
-                generation_kwargs["pixel_values"] = encoded.to(self.device, self.dtype)
-            elif encoded is not None:
-                views, sizes = encoded
+            if batch.images is not None and self.high_res is None:
+                generation_kwargs["pixel_values"] = batch.images.to(self.device, self.dtype)
+            elif batch.images is not None:
+                views, sizes = batch.images
                 features = self.visual_features(views.to(self.device), sizes, input_ids)
                 generation_kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
             out = self.llava.generate(input_ids=input_ids, attention_mask=mask, **generation_kwargs)[:, width:]

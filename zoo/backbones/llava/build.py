@@ -204,11 +204,15 @@ def build_llava(
     return assemble_llava(vision, lm, tokenizer, projector, vision_feature_layer, seed).train(), tokenizer, spec
 
 
-def encode_prompt(text: str, tokenizer: PreTrainedTokenizerBase, image_tokens: int) -> list[int]:
+def encode_prompt(text: str, tokenizer: PreTrainedTokenizerBase, image_tokens: int | list[int]) -> list[int]:
     """Token ids of a prompt as ``LlavaProcessor`` gives them: special tokens as the tokenizer adds them (not
-    twice when a chat template wrote BOS), each ``<image>`` expanded to ``image_tokens`` placeholder ids."""
+    twice when a chat template wrote BOS), each ``<image>`` expanded to ``image_tokens`` placeholder ids (a list:
+    the k-th tag to the k-th count)."""
     first, *rest = text.split(IMAGE_TOKEN)
+    counts = [image_tokens] * len(rest) if isinstance(image_tokens, int) else list(image_tokens)
+    if len(counts) != len(rest):
+        raise ValueError(f"{len(rest)} {IMAGE_TOKEN} tags in the prompt but {len(counts)} image token counts")
     ids = tokenizer(first, add_special_tokens=prompt_add_special_tokens(text, tokenizer)).input_ids
-    for chunk in rest:
-        ids += [image_token_id(tokenizer)] * image_tokens + tokenizer(chunk, add_special_tokens=False).input_ids
+    for chunk, count in zip(rest, counts):
+        ids += [image_token_id(tokenizer)] * count + tokenizer(chunk, add_special_tokens=False).input_ids
     return ids

@@ -78,10 +78,17 @@ def _check_template(template: str) -> None:
         raise ValueError(f"unknown conversation template {template!r}; expected one of {TEMPLATES}")
 
 
-def _normalised_turns(conversations: Turns, has_image: bool) -> list[tuple[str, str]]:
-    """``(role, value)`` with roles user/assistant; with an image, every tag is taken out of the human turns
+def _normalised_turns(conversations: Turns, has_image: bool, images: int = 1) -> list[tuple[str, str]]:
+    """``(role, value)`` with roles user/assistant; with one image, every tag is taken out of the human turns
     and one is put back, followed by "\\n", at the start of the first (LLaVA's ``preprocess_multimodal``).
-    Tags in answers, or in a sample without an image, stay, so the image-count check catches them."""
+    With several ``images``, the human turns must hold exactly that many tags, and they stay where they are
+    (image k goes to the k-th tag). Tags in answers, or in a sample without an image, stay, so the image-count
+    check catches them."""
+    multi = has_image and images > 1
+    if multi:
+        tags = sum(t.get("value", "").count(IMAGE_TOKEN) for i, t in enumerate(conversations) if i % 2 == 0)
+        if tags != images:
+            raise ValueError(f"{images} images but {tags} {IMAGE_TOKEN} tags in the human turns (one tag per image)")
     turns = []
     for index, turn in enumerate(conversations):
         role = ROLES.get(turn.get("from", ""))
@@ -90,10 +97,10 @@ def _normalised_turns(conversations: Turns, has_image: bool) -> list[tuple[str, 
         value = turn.get("value")
         if not isinstance(value, str):
             raise ValueError(f"turn {index}: value is {type(value).__name__}, not a string")
-        if has_image and role == "user" and IMAGE_TOKEN in value:
+        if has_image and not multi and role == "user" and IMAGE_TOKEN in value:
             value = value.replace(IMAGE_TOKEN, "").strip()
         turns.append((role, value))
-    if has_image and turns:
+    if has_image and not multi and turns:
         turns[0] = ("user", f"{IMAGE_TOKEN}\n{turns[0][1]}")
     return turns
 
@@ -186,12 +193,14 @@ def conversation_segments(
     has_image: bool,
     tokenizer: PreTrainedTokenizerBase | None = None,
     system: str | None = None,
+    images: int = 1,
 ) -> Segments:
     """``(text, supervised)`` pieces in order; ``"".join`` of the texts is the serialised conversation and
     ``"<image>"`` is a segment of its own. ``system=None``: vicuna_v1 uses :data:`VICUNA_V1_SYSTEM`, a chat
-    template its own default (a string is passed as a system message)."""
+    template its own default (a string is passed as a system message). ``images``: images of the sample (several:
+    one tag each, kept in place)."""
     _check_template(template)
-    turns = _normalised_turns(conversations, has_image)
+    turns = _normalised_turns(conversations, has_image, images)
     if template == "plain":
         captions = [value for role, value in turns if role == "assistant"]
         if not captions:
@@ -213,17 +222,19 @@ def inference_prompt(
     tokenizer: PreTrainedTokenizerBase | None = None,
     system: str | None = None,
     history: Turns = (),
+    images: int = 1,
 ) -> str:
     """The prompt a model answers; ``history`` holds earlier LLaVA turns (human first, answered).
 
     plain: ``"<image>"``; vicuna_v1: ``"{system} USER: <image>\\n{question} ASSISTANT:"`` (no trailing space);
     chat_template: the template's rendering with the generation prompt. Encode it with
-    :func:`prompt_add_special_tokens` so that BOS is neither missing nor doubled.
+    :func:`prompt_add_special_tokens` so that BOS is neither missing nor doubled. Several ``images``: the
+    question holds one ``<image>`` tag per image, where each image goes.
     """
     _check_template(template)
     if template == "plain":
-        return IMAGE_TOKEN if has_image else ""
-    turns = _normalised_turns([*history, {"from": "human", "value": question}], has_image)
+        return IMAGE_TOKEN * images if has_image else ""
+    turns = _normalised_turns([*history, {"from": "human", "value": question}], has_image, images)
     if template == "vicuna_v1":
         system = VICUNA_V1_SYSTEM if system is None else system
         return "".join(text for text, _ in _vicuna_segments(turns, system, open_end=True))

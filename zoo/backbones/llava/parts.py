@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, TypedDict
 
+import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
@@ -103,3 +105,27 @@ def canonical_name(name: str) -> str:
     """A parameter name without peft's wrapping (``base_model.model.`` and ``.base_layer``), so checkpoints
     with and without LoRA name the same tensors alike."""
     return name.replace("base_model.model.", "").replace(".base_layer.", ".")
+
+
+def load_matching_tensors(module: nn.Module, path: str) -> dict[str, list[str]]:
+    """Initialise ``module`` from ``path`` (a zoo checkpoint, e.g. stage 1's): every tensor whose name (without peft's
+    wrapping) and shape match is loaded; says what was loaded and what was not."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    saved = {canonical_name(k): v for k, v in state.items()}
+    loaded, skipped = [], []
+    with torch.no_grad():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            source = saved.get(canonical_name(name))
+            if source is not None and source.shape == tensor.shape:
+                tensor.copy_(source)
+                loaded.append(name)
+            elif source is not None:
+                skipped.append(f"{name} {tuple(source.shape)} != {tuple(tensor.shape)}")
+    if not loaded:
+        raise ValueError(f"init_from {path}: no tensor of the checkpoint matches this model")
+    groups = sorted({canonical_name(n).split(".")[2] for n in loaded})
+    rank_zero_info(
+        f"init_from {path}: loaded {len(loaded)} of its {len(state)} tensors ({', '.join(groups)})"
+        + (f"; shapes differ: {skipped}" if skipped else "")
+    )
+    return {"loaded": loaded, "skipped": skipped}
