@@ -34,6 +34,8 @@ class EvaluationSuite(EpochEndEvaluation):
         batch_size: images / texts per forward.
         num_workers: image decoding workers.
         every_n_epochs: evaluate every n validation epochs.
+        scorer: ``cosine`` (CLIP family) or a generative model's scorer (``vqascore``, ``mc_letters``, ``mc_full``,
+            ``generation``: :mod:`callbacks.suite.generative`).
     """
 
     name = "suite"
@@ -44,8 +46,10 @@ class EvaluationSuite(EpochEndEvaluation):
         batch_size: int = 128,
         num_workers: int = 2,
         every_n_epochs: int = 1,
+        scorer: str = "cosine",
     ) -> None:
         super().__init__(every_n_epochs)
+        self.scorer = scorer
         self.specs = benchmarks or [{"kind": "shapesworld"}]
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -59,7 +63,7 @@ class EvaluationSuite(EpochEndEvaluation):
         if self.max_batches(trainer):  # a smoke test: a few items of every benchmark
             benchmarks = [_head(b, self.max_batches(trainer) * 8) for b in benchmarks]
         results = evaluate_suite(
-            model, benchmarks, batch_size=self.batch_size, num_workers=self.num_workers, trainer=trainer
+            model, benchmarks, self.scorer, batch_size=self.batch_size, num_workers=self.num_workers, trainer=trainer
         )
         metrics = {f"{name}/{k}": v for name, figures in results.items() for k, v in figures.items() if k != "skipped"}
         return {

@@ -3,6 +3,7 @@
     vlzoo-suite --model ViT-B-32-quickgelu --pretrained openai --benchmarks eval/suite
     vlzoo-suite --checkpoint runs/clip/version_0/checkpoints/last.ckpt --out report.json
     vlzoo-suite compare clip.json negclip.json --out compare/   (table + a PNG per family)
+    vlzoo-suite --checkpoint llava.ckpt --module zoo.LLaVA --scorer mc_full   (a generative model; see .generative)
 
 (``python -m callbacks.suite`` in the repository.) ``--benchmarks`` is a suite YAML's path or a packaged config's
 name; the default, ``eval/suite``, is every ShapesWorld counterpart, generated under ``$VLZOO_CACHE/shapesworld``.
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from callbacks.suite.generative import SCORERS, evaluate_generative
 from callbacks.suite.report import compare, describe_model, to_markdown
 from callbacks.suite.scoring import evaluate_suite
 from callbacks.suite.specs import suite_benchmarks
@@ -44,6 +46,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m callbacks.suite")
     parser.add_argument("--module", default="zoo.CLIP", help="the zoo class of --checkpoint")
     parser.add_argument("--benchmarks", default="eval/suite", help="suite YAML: a path or a packaged config name")
     parser.add_argument("--out", default="suite.json")
+    parser.add_argument(
+        "--scorer",
+        default="cosine",
+        choices=SCORERS,
+        help="cosine (CLIP family) or, for a LLaVA checkpoint (--module zoo.LLaVA), vqascore / mc_letters / mc_full "
+        "/ generation",
+    )
+    parser.add_argument("--both-images", action="store_true", help="LLaVA: What'sUp pairs also with both images")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -56,13 +66,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m callbacks.suite")
 
     model, _ = load_model(args.checkpoint, args.module, args.model, args.pretrained)
     benchmarks = suite_benchmarks(benchmarks_config, model)
-    results = evaluate_suite(model, benchmarks, batch_size=args.batch_size, num_workers=args.num_workers)
+    if args.scorer == "cosine":
+        results = evaluate_suite(model, benchmarks, batch_size=args.batch_size, num_workers=args.num_workers)
+    else:
+        results = evaluate_generative(model, benchmarks, args.scorer, args.batch_size, both_images=args.both_images)
     report = {
         "benchmarks": results,
         "sources": {b.name: b.source for b in benchmarks},
         "model": describe_model(model),
         "checkpoint": args.checkpoint,
         "pretrained": args.pretrained,
+        "scorer": args.scorer,
     }
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))
     print(to_markdown(results))

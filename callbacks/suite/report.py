@@ -34,15 +34,18 @@ def describe_model(model: LightningModule, precision: str = "32-true") -> dict[s
     return info
 
 
+COUNTS = ("items", "skipped", "macro_groups", "ties", "unmatched")
+"""Figures that are counts, not fractions."""
+
+
 def to_markdown(results: dict[str, dict]) -> str:
-    """One row per benchmark: its figures in % and the items they cover."""
+    """One row per benchmark: its figures in % and the items they cover (with skipped items, ties and unmatched
+    answers when there are any)."""
     lines = ["| benchmark | figures | items |", "|---|---|---|"]
     for name, figures in results.items():
-        shown = ", ".join(
-            f"{k} {100 * v:.1f}" for k, v in figures.items() if k not in ("items", "skipped", "macro_groups")
-        )
-        skipped = f" ({figures['skipped']} skipped)" if figures.get("skipped") else ""
-        lines.append(f"| {name} | {shown} | {figures['items']}{skipped} |")
+        shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in figures.items() if k not in COUNTS)
+        notes = ", ".join(f"{figures[k]} {k}" for k in COUNTS[1:] if figures.get(k) and k != "macro_groups")
+        lines.append(f"| {name} | {shown} | {figures['items']}{f' ({notes})' if notes else ''} |")
     return "\n".join(lines)
 
 
@@ -58,7 +61,7 @@ def compare(reports: list[str | Path], out_dir: str | Path) -> str:
     for run, results in runs.items():
         for name, figures in results.items():
             for metric, value in figures.items():
-                if metric not in ("items", "skipped", "macro_groups"):
+                if metric not in COUNTS:
                     rows.setdefault((name, metric), {})[run] = value
     lines = ["| benchmark | metric | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for (name, metric), values in rows.items():

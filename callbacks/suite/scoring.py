@@ -75,10 +75,18 @@ def evaluate_retrieval_set(
 
 
 def evaluate_suite(
-    model: LightningModule, benchmarks: list[Benchmark | RetrievalSet | ClassificationSet], **embed_kwargs: Any
+    model: LightningModule,
+    benchmarks: list[Benchmark | RetrievalSet | ClassificationSet],
+    scorer: str = "cosine",
+    **embed_kwargs: Any,
 ) -> dict[str, dict]:
     """Figures of every benchmark, by name. Multiple-choice style benchmarks share one embedding pass;
-    zero-shot classification runs on every rank (identical figures; its shards are read by all)."""
+    zero-shot classification runs on every rank (identical figures; its shards are read by all). A ``scorer``
+    other than ``cosine`` scores a generative model (:func:`callbacks.suite.generative.evaluate_generative`)."""
+    if scorer != "cosine":
+        from callbacks.suite.generative import evaluate_generative
+
+        return evaluate_generative(model, benchmarks, scorer, embed_kwargs.get("batch_size", 16))
     transform = model.data_transforms()["eval_transform"]
     items = [b for b in benchmarks if isinstance(b, Benchmark)]
     results: dict[str, dict] = {}
