@@ -33,6 +33,7 @@ from .shuffle import (
     ShuffleWithinTrigrams,
     aro_pre_caption,
 )
+from .spatial import SpatialSwap, spatial_swap
 from .swap import ConjunctSwap, NegClipSwap
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "ShuffleNounsAndAdj",
     "ShuffleTrigrams",
     "ShuffleWithinTrigrams",
+    "SpatialSwap",
     "SynonymReplace",
     "aro_pre_caption",
     "clip_normalize",
@@ -63,4 +65,5 @@ __all__ = [
     "load_spacy",
     "load_wordnet",
     "sample_seed",
+    "spatial_swap",
 ]

@@ -17,6 +17,7 @@ from .shuffle import (
     ShuffleTrigrams,
     ShuffleWithinTrigrams,
 )
+from .spatial import SpatialSwap
 from .swap import ConjunctSwap, NegClipSwap
 
 GENERATORS: dict[str, type[Generator]] = {
@@ -31,6 +32,7 @@ GENERATORS: dict[str, type[Generator]] = {
         ShuffleTrigrams,
         SynonymReplace,
         ConjunctSwap,
+        SpatialSwap,
     )
 }
 # FSC-CLIP's three training negatives, in its order.
@@ -101,6 +103,8 @@ class HardNegativeEngine:
         per-caption candidate sets and the WordNet tables are built too. Call it before the dataloader
         forks its workers and they inherit everything (within the analyzer's LRU size).
         """
+        if not any(getattr(gen, "needs_analysis", True) for gen in self.generators):
+            return 0  # word-table rules only (spatial_swap): nothing to parse or precompute
         captions = list(captions)
         parsed = self.analyzer.warm(captions, batch_size=batch_size)
         if precompute:
