@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoo.backbones.llava.build import encode_prompt, llava_processor
 from zoo.backbones.llava.conversation import inference_prompt
+from zoo.decoding import m3id_generate
 
 
 class ImageTransform:
@@ -129,12 +130,14 @@ class LLaVAInference:
         images: PromptImages | Sequence[PromptImages],
         prompts: list[str] | str,
         return_ids: bool = False,
+        m3id: dict[str, float] | bool | None = None,
         **generation_kwargs: Any,
     ) -> list[str] | list[list[int]]:
         """Answers to ``prompts`` about ``images`` (one entry per prompt: an image, several images for as many
         ``<image>`` tags in the question, or ``None``: text only), batched with left padding, through transformers'
         ``generate`` (greedy by default; sampling / beams by its arguments), in eval mode (no LoRA dropout)
-        whatever the module's mode; ``return_ids``: the answers' token ids, up to EOS.
+        whatever the module's mode; ``return_ids``: the answers' token ids, up to EOS. ``m3id``: M3ID decoding
+        (``True`` or ``{alpha, lam, t_offset}``; :func:`zoo.decoding.m3id_generate`), greedy or sampled.
 
         High-res: the zoo's merged features (any merge, order and global view) go in as ``mm_encoder_outputs``
         for the prompt's forward pass; transformers' own feature path is never used."""
@@ -153,7 +156,12 @@ class LLaVAInference:
                 views, sizes = batch.images
                 features = self.visual_features(views.to(self.device), sizes, input_ids)
                 generation_kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
-            out = self.llava.generate(input_ids=input_ids, attention_mask=mask, **generation_kwargs)[:, width:]
+            if m3id:
+                options = m3id if isinstance(m3id, dict) else {}
+                image_id = self.llava.config.image_token_id
+                out = m3id_generate(self.llava, input_ids, mask, image_id, **options, **generation_kwargs)[:, width:]
+            else:
+                out = self.llava.generate(input_ids=input_ids, attention_mask=mask, **generation_kwargs)[:, width:]
         finally:
             self.train(training)
         eos = self.tokenizer.eos_token_id
