@@ -123,7 +123,8 @@ class ZooDataModule(LightningDataModule):
             recipe applies it with :func:`~datamodules.samples.seeded`).
         group_by_length: train on batches of similar length, one modality per step (LLaVA's
             ``group_by_modality_length``; :mod:`datamodules.length_grouped`), from the training records'
-            ``lengths`` (and ``has_image``); off: the plain shuffled order.
+            ``lengths`` (and ``has_image``); off: the plain shuffled order. The k batches of one optimiser step
+            (:meth:`batches_per_update`) hold consecutive lengths of one modality.
     """
 
     def __init__(
@@ -155,6 +156,15 @@ class ZooDataModule(LightningDataModule):
         self.tokenizer = tokenizer
         self.transforms = {"train": train_transform, "eval": eval_transform}
 
+    def batches_per_update(self) -> int:
+        """Batches per optimiser step on a rank: the trainer's ``accumulate_grad_batches`` times the module's own
+        micro-batches (``contrastive_accumulation``; LLaVA's ``micro_batches``); 1 without a trainer."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1
+        module = getattr(trainer, "lightning_module", None)
+        return trainer.accumulate_grad_batches * int(getattr(module, "contrastive_accumulation", 1))
+
     # ------------------------------------------------------------------------------------ hooks
     def records(self, split: Split) -> Dataset | IterableDataset:
         """Untransformed records of a split: map-style (``None`` for a skipped record) or a stream."""
@@ -185,7 +195,9 @@ class ZooDataModule(LightningDataModule):
             dataset.epoch = self.trainer.current_epoch - 1
         # drop_last in training: equal batches on every rank for the gathered contrastive loss
         if train and self.group_by_length:  # batches of similar length, one modality per step
-            sampler = length_grouped_sampler(type(self).__name__, records, dataset, self.batch_size, self.seed)
+            sampler = length_grouped_sampler(
+                type(self).__name__, records, dataset, self.batch_size, self.seed, self.batches_per_update()
+            )
         else:
             sampler = None if streaming else EpochIndexSampler(dataset, shuffle=train, seed=self.seed, drop_last=train)
         if train:

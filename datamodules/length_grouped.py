@@ -69,11 +69,18 @@ def grouped_indices(
     generator: torch.Generator,
     has_image: Sequence[bool] | None = None,
     mega_steps: int = MEGA_STEPS,
+    accumulation: int = 1,
 ) -> list[list[int]]:
     """Each rank's ``num_samples`` indices for an epoch: rank ``r``'s batch ``b`` is ``[b * B, (b + 1) * B)``
-    of its list, and the ``W`` batches ``b`` of the ranks form a step (see the module's docstring)."""
+    of its list, and the ``W`` batches ``b`` of the ranks form a step (see the module's docstring). With
+    ``accumulation`` k batches per optimiser step, a "step" above is k consecutive steps of ``W`` batches: the k
+    micro-steps of one optimiser step hold consecutive lengths of one modality and move together (LLaVA's
+    mega-batch of world x batch x gradient accumulation)."""
+    if accumulation < 1:
+        raise ValueError(f"accumulation must be at least 1, got {accumulation}")
     length = lengths.__getitem__
-    n, step = len(lengths), batch_size * world
+    n, step = len(lengths), batch_size * world * accumulation
+    micro = batch_size * world
     total = num_samples * world
     order = torch.randperm(n, generator=generator).tolist() if n else []
     order = (order * math.ceil(total / max(n, 1)))[:total]  # DistributedSampler's padding / drop_last
@@ -87,22 +94,27 @@ def grouped_indices(
         mega = step * max(1, min(cut // (4 * step), mega_steps))
         for start in range(0, cut, mega):
             ordered = sorted(group[start : min(start + mega, cut)], key=length, reverse=True)
-            steps += [even_batches(ordered[s : s + step], lengths, world) for s in range(0, len(ordered), step)]
+            steps += [
+                [even_batches(ordered[m : m + micro], lengths, world) for m in range(s, s + step, micro)]
+                for s in range(0, len(ordered), step)
+            ]
     steps = [steps[i] for i in torch.randperm(len(steps), generator=generator).tolist()]
+    steps = [micro_step for update in steps for micro_step in update]  # optimiser steps -> their micro-steps
     pure, mixed = [], []
     for rest in set_aside:  # whole batches of one modality, then the remainders of both together
         whole = len(rest) - len(rest) % batch_size
         pure += rest[:whole]
         mixed += rest[whole:]
     rest = pure + sorted(mixed, key=length, reverse=True)
-    full = len(rest) // step  # 0 or 1 with two modalities, 0 with one
-    steps += [
-        [rest[s + r * batch_size : s + (r + 1) * batch_size] for r in range(world)] for s in range(0, full * step, step)
-    ]
-    if steps:  # the longest sample's step first
-        longest = max(range(len(steps)), key=lambda s: max(length(i) for batch in steps[s] for i in batch))
-        steps.insert(0, steps.pop(longest))
-    tail, share = rest[full * step :], num_samples - len(steps) * batch_size
+    full = len(rest) // micro  # set-aside micro-steps: a few per epoch, at the end
+    for s in range(0, full * micro, micro):
+        steps.append([rest[s + r * batch_size : s + (r + 1) * batch_size] for r in range(world)])
+    whole = len(steps) - len(steps) % accumulation  # micro-steps of whole optimiser steps
+    if whole:  # the (whole) optimiser step holding the longest sample first
+        longest = max(range(whole), key=lambda s: max(length(i) for batch in steps[s] for i in batch))
+        first = longest - longest % accumulation
+        steps[:0] = [steps.pop(first) for _ in range(accumulation)]
+    tail, share = rest[full * micro :], num_samples - len(steps) * batch_size
     return [[i for s in steps for i in s[r]] + tail[r * share : (r + 1) * share] for r in range(world)]
 
 
@@ -120,28 +132,30 @@ class LengthGroupedSampler(EpochIndexSampler):
         has_image: Sequence[bool] | None = None,
         drop_last: bool = True,
         mega_steps: int = MEGA_STEPS,
+        accumulation: int = 1,
     ) -> None:
         super().__init__(dataset, shuffle=True, seed=seed, drop_last=drop_last)
         self.lengths, self.has_image = modalities(lengths, has_image)
         if len(self.lengths) != len(dataset):
             raise ValueError(f"{len(self.lengths)} lengths for a dataset of {len(dataset)} samples")
-        self.batch_size, self.mega_steps = batch_size, mega_steps
+        self.batch_size, self.mega_steps, self.accumulation = batch_size, mega_steps, accumulation
 
     def rank_indices(self) -> Iterator[int]:
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         ranks = grouped_indices(
             self.lengths, self.batch_size, self.num_replicas, self.num_samples, generator, self.has_image,
-            self.mega_steps,
+            self.mega_steps, self.accumulation,
         )  # fmt: skip
         return iter(ranks[self.rank])
 
 
 def length_grouped_sampler(
-    module: str, records: Any, dataset: Dataset, batch_size: int, seed: int
+    module: str, records: Any, dataset: Dataset, batch_size: int, seed: int, accumulation: int = 1
 ) -> LengthGroupedSampler:
     """The training sampler of ``group_by_length``: ``lengths`` (and ``has_image``, when offered) come from the
-    records or a wrapper's inner ``records``; ``module`` (the data module's name) appears in the errors."""
+    records or a wrapper's inner ``records``; ``module`` (the data module's name) appears in the errors;
+    ``accumulation``: batches per optimiser step on a rank."""
     if isinstance(records, IterableDataset):
         raise ValueError(
             f"{module}: group_by_length needs map-style training records; {type(records).__name__} is a stream"
@@ -158,4 +172,5 @@ def length_grouped_sampler(
         raise ValueError(
             f"{module}: {type(source).__name__} offers {len(source.lengths)} lengths for {len(dataset)} samples"
         )
-    return LengthGroupedSampler(dataset, source.lengths, batch_size, seed, getattr(source, "has_image", None))
+    has_image = getattr(source, "has_image", None)
+    return LengthGroupedSampler(dataset, source.lengths, batch_size, seed, has_image, accumulation=accumulation)

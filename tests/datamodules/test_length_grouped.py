@@ -193,3 +193,35 @@ def test_group_by_length_without_lengths_names_the_module_and_the_records():
     with pytest.raises(ValueError, match="Toy: group_by_length needs map-style .* Stream is a stream"):
         _keys(Toy(Stream(), group_by_length=True))
     _keys(Toy(Plain()))  # off: nothing asked of the records
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_the_batches_of_one_optimiser_step_are_one_modality_and_move_together(world):
+    k, num_samples = 4, N // world
+    ranks = grouped_indices(LENGTHS, B, world, num_samples, torch.Generator().manual_seed(0), HAS_IMAGE, accumulation=k)
+    plain = grouped_indices(LENGTHS, B, world, num_samples, torch.Generator().manual_seed(0), HAS_IMAGE)
+    assert sorted(i for r in ranks for i in r) == sorted(i for r in plain for i in r)  # the same samples
+    updates = [[b for r in ranks for b in _batches(r)[u * k : (u + 1) * k]] for u in range(num_samples // B // k)]
+    mixed = sum(len({HAS_IMAGE[i] for b in update for i in b}) > 1 for update in updates)
+    assert mixed <= 1  # at most the one step of set-aside remainders
+    spread = [max(LENGTHS[i] for b in u for i in b) - min(LENGTHS[i] for b in u for i in b) for u in updates]
+    shuffled, size = list(range(N)), k * B * world
+    random.Random(1).shuffle(shuffled)
+    chunks = [[LENGTHS[i] for i in shuffled[s : s + size]] for s in range(0, N - size, size)]
+    random_spread = [max(c) - min(c) for c in chunks]
+    assert sorted(spread)[len(spread) // 2] < sorted(random_spread)[len(random_spread) // 2] / 3
+    longest = [max(LENGTHS[i] for b in u for i in b) for u in updates]
+    assert longest[0] == max(longest)  # the optimiser step holding the longest sample first, whole
+    with pytest.raises(ValueError, match="accumulation"):
+        grouped_indices(LENGTHS, B, 1, N, torch.Generator(), HAS_IMAGE, accumulation=0)
+
+
+def test_the_data_module_groups_by_the_trainers_and_the_modules_accumulation():
+    class Trainer:
+        accumulate_grad_batches = 2
+        lightning_module = type("Module", (), {"contrastive_accumulation": 3})()
+
+    module = ZooDataModule()
+    assert module.batches_per_update() == 1
+    module.trainer = Trainer()
+    assert module.batches_per_update() == 6
