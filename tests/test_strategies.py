@@ -50,3 +50,19 @@ def test_fsdp_wraps_the_blocks_the_method_names_or_the_ones_given(tiny_clip, mon
     assert given.kwargs["auto_wrap_policy"]._module_classes == {torch.nn.MultiheadAttention}
     with pytest.raises(ValueError, match="torch.nn.NoSuchBlock"):
         ZooFSDPStrategy(wrap_classes=["torch.nn.NoSuchBlock"])
+
+
+@pytest.mark.parametrize("lora", [None, {}])
+def test_fsdp_shards_a_llava_by_decoder_and_vision_encoder_layers(lora, tmp_path_factory, monkeypatch):
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from tests.zoo.llava_fixtures import tiny_llava
+
+    monkeypatch.setattr(FSDPStrategy, "_setup_model", lambda self, model: model)  # no process group here
+    model = tiny_llava(tmp_path_factory, lora=lora)
+    strategy = ZooFSDPStrategy(activation_checkpointing=True)
+    strategy._setup_model(model)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer, CLIPEncoderLayer}
+    assert strategy.kwargs["use_orig_params"] is True  # frozen and trainable parameters in one unit

@@ -25,6 +25,7 @@ from zoo.backbones.llava.parts import (
     load_matching_tensors,
     newline_parameter,
     part_modules,
+    repeated_block_classes,
     stage_parts,
 )
 from zoo.base import ZooModule
@@ -251,6 +252,10 @@ class LLaVA(LLaVAScoring, LLaVAInference, ZooModule):
 
     def batch_size(self, batch: dict[str, Any]) -> int:
         return len(batch["input_ids"])
+
+    def fsdp_wrap_classes(self) -> set[type[torch.nn.Module]]:
+        """One FSDP unit per decoder layer of the LM and per encoder layer of the vision tower."""
+        return repeated_block_classes(self.llava)
 
     def data_transforms(self) -> dict[str, Any]:
         """What :class:`datamodules.InstructionDataModule` needs: tokenizer, image transform, template, image

@@ -129,3 +129,15 @@ def load_matching_tensors(module: nn.Module, path: str) -> dict[str, list[str]]:
         + (f"; shapes differ: {skipped}" if skipped else "")
     )
     return {"loaded": loaded, "skipped": skipped}
+
+
+def repeated_block_classes(model: nn.Module) -> set[type[nn.Module]]:
+    """The classes of every repeated block: the elements of each ``ModuleList`` named ``layers`` or ``blocks`` (the
+    LM's decoder layers, the vision tower's encoder layers; Qwen2-VL's vision blocks). FSDP makes each one unit: the
+    vision tower is sharded by its layers, never wrapped whole (transformers' hidden-state capture breaks on the
+    wrapper's renamed class)."""
+    classes = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "blocks"):
+            classes |= {type(block) for block in module}
+    return classes
