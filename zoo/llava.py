@@ -326,14 +326,17 @@ class LLaVA(LLaVAScoring, LLaVAInference, ZooModule):
             encoded = {"image": BaseModelOutputWithPooling(pooler_output=features)}
         elif pixel_values is not None:
             encoded = {"image": BaseModelOutputWithPooling(pooler_output=list(self.image_features(pixel_values)))}
-        out = self.llava.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, mm_encoder_outputs=encoded
-        )
+        out = self.llava.model(  # no cache: with position_ids and no mask, transformers packs (block-diagonal)
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, mm_encoder_outputs=encoded,
+            use_cache=False,
+        )  # fmt: skip
         return out.last_hidden_state
 
     def _lm_terms(self, batch: dict[str, Any], num_supervised: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         sizes = {"image_sizes": batch["image_sizes"]} if "image_sizes" in batch else {}
-        hidden = self(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), **sizes)
+        mask = None if "position_ids" in batch else batch["attention_mask"]  # packed rows: datamodules.packing
+        positions = batch.get("position_ids")
+        hidden = self(batch["input_ids"], mask, batch.get("pixel_values"), position_ids=positions, **sizes)
         head = self.llava.lm_head
         return causal_lm_loss(hidden, batch["labels"], head.weight, head.bias, num_supervised)
 
@@ -356,12 +359,14 @@ class LLaVA(LLaVAScoring, LLaVAInference, ZooModule):
         return (placeholders & batch["attention_mask"].bool()).sum(1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        """:meth:`ZooModule.training_step`, logging ``train/visual_tokens`` (mean per row of the batch); an
-        out-of-memory error is raised again naming the batch's samples and their token counts."""
+        """:meth:`ZooModule.training_step`, logging ``train/visual_tokens`` (mean per row of the batch) and
+        ``train/padding_fraction`` (padding's share of the batch's tokens); an out-of-memory error is raised
+        again naming the batch's samples and their token counts."""
         if "input_ids" not in batch:  # another batch layout (VladVA's contrastive batches)
             return super().training_step(batch, batch_idx)
-        visual = self.visual_tokens(batch)
+        visual, mask = self.visual_tokens(batch), batch["attention_mask"]
         self.log("train/visual_tokens", visual.float().mean(), batch_size=len(visual))
+        self.log("train/padding_fraction", 1 - mask.float().mean(), batch_size=len(visual))
         try:
             return super().training_step(batch, batch_idx)
         except torch.OutOfMemoryError as error:
