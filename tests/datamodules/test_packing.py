@@ -74,7 +74,8 @@ def test_images_are_spliced_per_sample_in_placeholder_order(model):
 def test_a_batch_without_images_runs_the_vision_path_on_a_stand_in_segment(model):
     built, tok = samples(model, [QA[1], QA[4]]), model.tokenizer
     packed = PackingCollator(tok.pad_token_id, tok.image_token_id, model.image_tokens, 10_000)(built)
-    assert len(packed["pixel_values"]) == 1 and (packed["labels"][packed["input_ids"] == tok.image_token_id] == -100).all()
+    assert len(packed["pixel_values"]) == 1
+    assert (packed["labels"][packed["input_ids"] == tok.image_token_id] == -100).all()
     _, grads = loss_and_grads(model, packed)
     projector = [n for n in grads if "multi_modal_projector" in n]
     assert projector and all(float(grads[n].abs().sum()) == 0 for n in projector)  # in the graph, no gradient
