@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from datamodules.base import Batch, Split, ZooDataModule
+from datamodules.instruction_images import batch_pixels, image_count, one_image_per_row, sample_pixels
 from datamodules.instruction_sources import (
     QuestionRecords,
     ShapesWorldInstructions,
@@ -31,7 +32,10 @@ class Tokenized:
 
     ``high_res`` (a :class:`~zoo.backbones.llava.high_res.HighRes`: AnyRes / HD): an image's token count depends on
     its size, so a record with an image is tokenised with ONE placeholder and no ``max_length`` cut; :meth:`expand`
-    makes it the image's count once the size is known (the recipe; up front where the size is cheap)."""
+    makes it the image's count once the size is known (the recipe; up front where the size is cheap).
+
+    A record with a list of images (``image_file`` a list) has one tag per image, each expanded in place
+    (high-res: refused, one image per row)."""
 
     tokenizer: Any
     template: str
@@ -41,12 +45,13 @@ class Tokenized:
     high_res: Any = None
 
     def __call__(self, record: dict[str, Any]) -> dict[str, list[int]]:
-        sample_id, has_image = str(record["id"]), record.get("image_file") is not None
-        check_conversation(sample_id, record["conversations"], has_image)
-        later = has_image and self.high_res is not None
+        sample_id, images = str(record["id"]), image_count(record)
+        one_image_per_row(sample_id, images, self.high_res)
+        check_conversation(sample_id, record["conversations"], images > 0, max(images, 1))
+        later = images > 0 and self.high_res is not None
         return tokenize_conversation(
             sample_id, record["conversations"], self.template, self.tokenizer, 1 if later else self.image_tokens,
-            has_image, None if later else self.max_length, system=self.system_prompt,
+            images > 0, None if later else self.max_length, system=self.system_prompt, images=max(images, 1),
         )  # fmt: skip
 
     def expand(
@@ -79,7 +84,7 @@ class TokenizedRecords(Dataset):
     """The valid records of a source, tokenised. Every conversation is checked and tokenised once, up front
     (text only): an invalid sample raises :class:`InvalidSampleError` naming its id, or with ``skip_invalid`` is
     left out and counted (``skipped``: id → reason). ``lengths`` are the token counts, image tokens included (for
-    length grouping), ``has_image`` whether each record has an image.
+    length grouping; every image's), ``has_image`` whether each record has an image.
 
     High-res (``tokenize.high_res``): an image's tokens depend on its size; ``image_size_of(index, record)``
     gives it cheaply ((h, w); None: unknown, counted as one square tile's image), and the sample's expansion
@@ -104,7 +109,7 @@ class TokenizedRecords(Dataset):
             if record is None:  # left out by the source itself (skip_invalid), counted there
                 continue
             try:
-                tokens, has_image = tokenize(record), record.get("image_file") is not None
+                tokens, has_image = tokenize(record), image_count(record) > 0
                 length = len(tokens["input_ids"])
                 if high_res is not None and has_image:
                     size = image_size_of(index, record) if image_size_of is not None else None
@@ -163,7 +168,7 @@ class TokenizedSamples:
 @dataclasses.dataclass
 class InstructionRecipe:
     """A tokenised record → a sample: the image through the model's transform (a zero image for text-only
-    samples, whose placeholders the collator masks).
+    samples, whose placeholders the collator masks; a list of images: each, [k, 3, S, S]).
 
     High-res (``tokenized.high_res``): the transform gives the image's views and size; the sample's one
     placeholder becomes the image's visual tokens (:meth:`Tokenized.expand`); a text-only sample gets a black
@@ -177,11 +182,11 @@ class InstructionRecipe:
     def build(self, records: Any, record: dict[str, Any], index: int, epoch: int) -> dict[str, Any]:
         image = record.get("image")
         if self.tokenized is not None and self.tokenized.high_res is not None:
-            return self.build_high_res(record, image)
+            return self.build_high_res(record, image[0] if isinstance(image, list) else image)  # one, checked
         return {
             "key": record["key"],
             "has_image": image is not None,
-            "pixel_values": self.transform(image) if image is not None else torch.zeros(3, *[self.image_size] * 2),
+            "pixel_values": sample_pixels(self.transform, image, self.image_size),
             "input_ids": record["input_ids"],
             "labels": record["labels"],
         }
@@ -212,9 +217,10 @@ class InstructionCollator:
     and projector on every rank (DDP without ``find_unused_parameters``; sharded strategies never hang), and
     the loss and the LM's gradients are those of the text alone.
 
-    High-res samples (with ``image_size``): ``pixel_values`` are all views concatenated [N, 3, T, T],
-    ``tiles_per_image`` [B] their count per row, ``image_sizes`` [B, 2] (h, w); a text-only row's masked
-    placeholders are its black image's ``image_tokens``."""
+    ``pixel_values``: every row's images in row order [N, 3, S, S], ``images_per_row`` [B] their count (a
+    text-only row: 1, its zero image). High-res samples (with ``image_size``): ``pixel_values`` are all views
+    concatenated [N, 3, T, T], ``tiles_per_image`` [B] their count per row, ``image_sizes`` [B, 2] (h, w); a
+    text-only row's masked placeholders are its black image's ``image_tokens``."""
 
     pad_id: int
     image_token_id: int
@@ -243,7 +249,7 @@ class InstructionCollator:
             batch["tiles_per_image"] = torch.tensor([len(s["pixel_values"]) for s in samples])
             batch["image_sizes"] = torch.tensor([list(s["image_size"]) for s in samples])
         else:
-            batch["pixel_values"] = torch.stack([s["pixel_values"] for s in samples])
+            batch["pixel_values"], batch["images_per_row"] = batch_pixels(samples)
         if "stream_position" in samples[0]:  # a stream's batch comes from one worker, in order (resume)
             batch["stream_position"] = samples[-1]["stream_position"]
         return batch
@@ -253,9 +259,11 @@ class InstructionDataModule(ZooDataModule):
     """Visual instruction tuning data (LLaVA's JSON, or webdataset shards of it; ShapesWorld by default).
 
     Batches (:class:`~datamodules.base.Batch`): ``input_ids``, ``labels`` (−100 outside the answers and the
-    ``</s>`` closing each; not shifted), ``attention_mask`` [B, L], right-padded; ``pixel_values`` [B, 3, S, S]
-    (one image per row; a zero image for text-only rows); ``key``. With a high-res model (AnyRes / HD):
-    ``pixel_values`` [N, 3, T, T] (every row's views), ``tiles_per_image`` [B], ``image_sizes`` [B, 2] (h, w).
+    ``</s>`` closing each; not shifted), ``attention_mask`` [B, L], right-padded; ``pixel_values`` [N, 3, S, S]
+    (every row's images in row order: N = B with one image per row; a zero image for a text-only row) and
+    ``images_per_row`` [B]; ``key``. A LLaVA JSON ``"image"`` list is several images, one tag each. With a
+    high-res model (AnyRes / HD; one image per row): ``pixel_values`` [N, 3, T, T] (every row's views),
+    ``tiles_per_image`` [B], ``image_sizes`` [B, 2] (h, w).
     The template, tokenizer, image transform and image-token count come from the model through :meth:`connect`.
 
     Args:

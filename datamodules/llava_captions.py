@@ -9,7 +9,8 @@ record; training draws one of its captions per epoch). The rules, each skip coun
 
 * every ``gpt`` answer of an image record is a caption of its image, ``<image>`` tags taken out and whitespace
   runs collapsed to one space;
-* ``text_only``: records without an image (counted per record);
+* ``text_only``: records without an image (counted per record); ``multi_image``: records of several images
+  (an answer about several images is a caption of none; counted per record);
 * ``short_answer``: answers of fewer than ``min_words`` whitespace-separated words ("Yes", "2", "Red",
   "A dog" at the default 3): answers, not captions (counted per answer). ShapesWorld's short answers are one
   word; its captions and descriptions four or more;
@@ -40,7 +41,7 @@ from datamodules.llava_json import LLaVAJsonRecords, LLaVASampleError
 from datamodules.shapesworld.files import write_atomic
 from zoo.backbones.llava.conversation import IMAGE_TOKEN
 
-SKIP_REASONS: tuple[str, ...] = ("text_only", "short_answer", "duplicate", "invalid", "missing_image")
+SKIP_REASONS: tuple[str, ...] = ("text_only", "multi_image", "short_answer", "duplicate", "invalid", "missing_image")
 FORMATS: tuple[str, ...] = (".jsonl", ".json", ".csv")
 COLUMNS: tuple[str, ...] = ("image", "caption", "id")
 
@@ -103,6 +104,9 @@ def llava_to_captions(
         if "image" not in record:
             skipped["text_only"] += 1
             continue
+        if len(dataset.image_paths(record)) > 1:
+            skipped["multi_image"] += 1
+            continue
         path = dataset.image_path(record)
         if check_images and not path.is_file():
             error = LLaVASampleError(record["id"], f"image file {path} (named in {json_path}) does not exist")
@@ -144,7 +148,8 @@ def format_summary(summary: dict[str, Any], min_words: int) -> str:
         [
             f"records: {summary['records']} ({summary['image_records']} with an image, {summary['answers']} answers)",
             f"captions written: {summary['captions']} of {summary['images']} images to {summary['out']}",
-            f"skipped: {s['text_only']} text-only records, {s['short_answer']} answers under {min_words} words, "
+            f"skipped: {s['text_only']} text-only records, {s['multi_image']} records of several images, "
+            f"{s['short_answer']} answers under {min_words} words, "
             f"{s['duplicate']} duplicate captions, {s['invalid']} invalid records, {s['missing_image']} missing images",
         ]
     )

@@ -1,16 +1,18 @@
 """LLaVA's instruction data, read from its JSON format or from webdataset shards.
 
-A LLaVA JSON file is a list of ``{"id", "image"? (a path relative to an image root), "conversations":
+A LLaVA JSON file is a list of ``{"id", "image"? (a path relative to an image root, or a list of them: several
+images, one ``<image>`` tag each in the human turns, as LLaVA-OneVision's interleaved data), "conversations":
 [{"from": "human" | "gpt", "value"}, ...], ...}``; text-only samples have no ``"image"``. Both readers
-give records ``{"id", "conversations", "image": PIL RGB | None, "image_file": str | None, ...extra keys}``
-(``image_file`` is the ``"image"`` string of the JSON). Every bad record raises :class:`LLaVASampleError`
-naming the sample id and the file: an :class:`InvalidSampleError` that is also a
+give records ``{"id", "conversations", "image": PIL RGB | list of them | None, "image_file": str | list[str] |
+None, ...extra keys}`` (``image_file`` is the ``"image"`` of the JSON; a list stays a list). Every bad record
+raises :class:`LLaVASampleError` naming the sample id and the file: an :class:`InvalidSampleError` that is also a
 :class:`~datamodules.sources.CorruptSampleError`, so :class:`~datamodules.sources.WebDatasetSource`'s
 ``skip_corrupt`` skips and replaces it like any corrupt sample.
 
 Shards (:func:`write_llava_shards`) hold per sample a ``json`` member (the JSON record as it is) and, for
-an image sample, the image file's bytes under its own extension; :func:`decode_llava_sample` is the
-``decode`` of a :class:`~datamodules.sources.WebDatasetSource` over them.
+an image sample, the image file's bytes under its own extension (one image: a record of several images is
+refused, read it from the JSON); :func:`decode_llava_sample` is the ``decode`` of a
+:class:`~datamodules.sources.WebDatasetSource` over them.
 """
 
 from __future__ import annotations
@@ -35,10 +37,15 @@ class LLaVASampleError(InvalidSampleError, CorruptSampleError):
     """A bad LLaVA record: an ``InvalidSampleError`` (id + reason) that the zoo's readers skip as corrupt."""
 
 
+def image_files(image: str | list[str] | None) -> list[str]:
+    """The image paths of a record's ``image`` (``image_file``) as a list: none, one, or the list itself."""
+    return [] if image is None else [image] if isinstance(image, str) else list(image)
+
+
 def validate_record(record: Any, index: int | str, where: str) -> dict[str, Any]:
     """The record with a string ``id`` (``index``, its position or shard key, when it has none), checked without
-    opening its image: a dict with ``conversations`` (a list) and, if any, a string ``image``; then
-    ``check_conversation`` (roles and turns)."""
+    opening its images: a dict with ``conversations`` (a list) and, if any, an ``image`` that is a path string or
+    a non-empty list of them; then ``check_conversation`` (roles and turns; several images: one tag each)."""
     if not isinstance(record, dict):
         raise LLaVASampleError(str(index), f"{where}: record {index} is a {type(record).__name__}, not a dict")
     sample_id = record.get("id", index)
@@ -47,10 +54,15 @@ def validate_record(record: Any, index: int | str, where: str) -> dict[str, Any]
     sample_id = str(sample_id)
     if not isinstance(record.get("conversations"), list):
         raise LLaVASampleError(sample_id, f"{where}: 'conversations' is missing or not a list")
-    if "image" in record and not isinstance(record["image"], str):
-        raise LLaVASampleError(sample_id, f"{where}: 'image' must be a path string, got {record['image']!r}")
+    image = record.get("image")
+    if "image" in record and not (
+        isinstance(image, str) or (isinstance(image, list) and image and all(isinstance(x, str) for x in image))
+    ):
+        reason = f"'image' must be a path string or a non-empty list of path strings, got {image!r}"
+        raise LLaVASampleError(sample_id, f"{where}: {reason}")
     try:
-        check_conversation(sample_id, record["conversations"], "image" in record)
+        images = len(image_files(image)) if "image" in record else 1
+        check_conversation(sample_id, record["conversations"], "image" in record, images)
     except InvalidSampleError as error:
         raise LLaVASampleError(sample_id, f"{where}: {error.reason}") from error
     return {**record, "id": sample_id}
@@ -80,8 +92,9 @@ class LLaVAJsonRecords(Dataset):
     folder, unless absolute) are opened in ``__getitem__``.
 
     Whole-file problems (not JSON, not a list) raise ``ValueError``. A bad record raises
-    :class:`LLaVASampleError`: a non-dict, missing ``conversations``, a duplicate id or a non-string image
-    when built; a missing or unreadable image when read. With ``skip_invalid``, a bad record is logged,
+    :class:`LLaVASampleError`: a non-dict, missing ``conversations``, a duplicate id, an ``image`` that is not a
+    path string or a non-empty list of them, or a tag count unlike the image count when built; a missing or
+    unreadable image (any of a list) when read. With ``skip_invalid``, a bad record is logged,
     kept in ``skipped`` (id -> reason; in each DataLoader worker, its own) and read as ``None``: the caller
     substitutes or drops it.
     """
@@ -120,10 +133,19 @@ class LLaVAJsonRecords(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def image_paths(self, record: dict[str, Any]) -> list[Path]:
+        """Where the record's images are: each ``image`` path, under ``image_root`` unless absolute."""
+        paths = map(Path, image_files(record["image"]))
+        return [path if path.is_absolute() else self.image_root / path for path in paths]
+
     def image_path(self, record: dict[str, Any]) -> Path:
-        """Where the record's image is: its ``image`` path, under ``image_root`` unless absolute."""
-        path = Path(record["image"])
-        return path if path.is_absolute() else self.image_root / path
+        """Where the record's one image is (:meth:`image_paths`; a record of several images raises
+        :class:`LLaVASampleError`)."""
+        paths = self.image_paths(record)
+        if len(paths) != 1:
+            sample_id = str(record.get("id", "?"))
+            raise LLaVASampleError(sample_id, f"{self.json_path}: {len(paths)} images where one is expected")
+        return paths[0]
 
     def text_record(self, index: int) -> dict[str, Any] | None:
         """Record ``index`` without opening its image (``image`` None, ``image_file`` its path as written)."""
@@ -136,15 +158,17 @@ class LLaVAJsonRecords(Dataset):
             return None
         if "image" not in record:
             return _output(record, None)
-        path = self.image_path(record)
+        images = []
         try:
-            if not path.is_file():
-                raise LLaVASampleError(record["id"], f"image file {path} (named in {self.json_path}) does not exist")
-            image = _read_image(path, record["id"], f"{path} (named in {self.json_path})")
+            for path in self.image_paths(record):
+                if not path.is_file():
+                    where = f"image file {path} (named in {self.json_path}) does not exist"
+                    raise LLaVASampleError(record["id"], where)
+                images.append(_read_image(path, record["id"], f"{path} (named in {self.json_path})"))
         except LLaVASampleError as error:
             self._skip(error)
             return None
-        return _output(record, image)
+        return _output(record, images[0] if isinstance(record["image"], str) else images)
 
 
 def decode_llava_sample(sample: dict[str, Any]) -> dict[str, Any]:
@@ -159,11 +183,15 @@ def decode_llava_sample(sample: dict[str, Any]) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise LLaVASampleError(key, f"{where}: 'json' member cannot be parsed ({error})") from error
     record = validate_record(row, key, where)
+    if len(image_files(record.get("image"))) > 1:
+        reason = f"{where}: several images in one sample: shards hold one image member (read it from LLaVA JSON)"
+        raise LLaVASampleError(record["id"], reason)
     image_key = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if ("image" in record) != (image_key is not None):
         found = "no image member" if image_key is None else f"an image member ({image_key}) but no 'image' key"
         raise LLaVASampleError(record["id"], f"{where}: {found}")
     image = None if image_key is None else _read_image(sample[image_key], record["id"], where)
+    image = [image] if isinstance(record.get("image"), list) else image  # a list of one stays a list
     return {**_output(record, image), "key": key}
 
 
@@ -185,6 +213,9 @@ def write_llava_shards(
         for index, record in enumerate(dataset.records):
             sample = {"__key__": f"sample{index:09d}", "json": json.dumps(record).encode("utf-8")}
             if "image" in record:
+                if len(dataset.image_paths(record)) > 1:
+                    reason = f"{records_json}: several images in one sample; shards hold one image per sample"
+                    raise LLaVASampleError(record["id"], reason)
                 path = dataset.image_path(record)
                 extension = path.suffix.lstrip(".").lower()
                 if not path.is_file():

@@ -86,7 +86,7 @@ class LLaVAInference:
 
         transform = HighResTransform(high_res, self.image_spec)
         inputs = [transform(image if image is not None else Image.new("RGB", (size, size))) for image in images]
-        counts = [high_res.check_budget(f"image {i}", x["image_size"]) for i, x in enumerate(inputs)]
+        counts = [high_res.check_budget(f"prompt {i}", x["image_size"]) for i, x in enumerate(inputs)]
         sizes = torch.tensor([x["image_size"] for x in inputs])
         return counts, (torch.cat([x["pixel_values"] for x in inputs]), sizes)
 

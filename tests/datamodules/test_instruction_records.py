@@ -245,7 +245,7 @@ def test_a_missing_or_unreadable_image_names_the_sample_or_is_skipped_and_counte
             "duplicate id",
         ),
         ({"id": "d", "conversations": [{"from": "gpt", "value": "Hi"}]}, "first turn is not human"),
-        ({"id": "c", "image": ["a.png"], "conversations": []}, "'image' must be a path"),
+        ({"id": "c", "image": ["a.png", 3], "conversations": []}, "'image' must be a path"),
     ],
 )
 def test_structural_problems_are_found_when_built(tmp_path, row, reason):

@@ -49,6 +49,11 @@ RECORDS = [
         "image": "a.png",
         "conversations": _turns(("<image>\nCaption?", "A red square on a white background.")),
     },
+    {  # multi_image: an answer about two images is a caption of neither
+        "id": "r5",
+        "image": ["a.png", "sub/b.png"],
+        "conversations": _turns(("<image> and <image>: which has a circle?", "The second image has the circle.")),
+    },
 ]
 EXPECTED = [  # (image relative to the images folder, caption, id)
     ("a.png", "A red square on a white background.", "r1"),
@@ -81,12 +86,13 @@ def test_each_skip_reason_is_applied_and_counted(tmp_path):
     assert [(str((out.parent / r["image"]).resolve().relative_to(images.resolve())), r["caption"], r["id"])
             for r in rows] == EXPECTED  # fmt: skip
     assert summary == {
-        "records": 4,
+        "records": 5,
         "image_records": 3,
         "answers": 8,
         "captions": 3,
         "images": 2,
-        "skipped": {"text_only": 1, "short_answer": 3, "duplicate": 2, "invalid": 0, "missing_image": 0},
+        "skipped": {"text_only": 1, "multi_image": 1, "short_answer": 3, "duplicate": 2, "invalid": 0,
+                    "missing_image": 0},  # fmt: skip
         "out": str(out),
     }
     assert not any("<image>" in r["caption"] for r in rows)
@@ -96,7 +102,8 @@ def test_min_words_and_dedupe_are_parameters(tmp_path):
     path, images = _data(tmp_path)
     out = tmp_path / "captions.jsonl"
     summary = llava_to_captions(path, out, image_folder=images, min_words=1, dedupe=False)
-    assert summary["skipped"] == {"text_only": 1, "short_answer": 0, "duplicate": 0, "invalid": 0, "missing_image": 0}
+    assert summary["skipped"] == {"text_only": 1, "multi_image": 1, "short_answer": 0, "duplicate": 0, "invalid": 0,
+                                  "missing_image": 0}  # fmt: skip
     captions = [json.loads(line)["caption"] for line in out.read_text().splitlines()]
     assert captions.count("A red square on a white background.") == 3 and "Yes" in captions and "2" in captions
     assert llava_to_captions(path, out, image_folder=images, min_words=4)["skipped"]["short_answer"] == 4
@@ -128,7 +135,8 @@ def test_bad_records_name_the_file_and_id_or_are_counted(tmp_path):
     assert not out.exists()  # nothing half-written
     path.write_text(json.dumps(records))
     summary = llava_to_captions(path, out, image_folder=images, skip_invalid=True)
-    assert summary["skipped"] == {"text_only": 1, "short_answer": 3, "duplicate": 2, "invalid": 1, "missing_image": 1}
+    assert summary["skipped"] == {"text_only": 1, "multi_image": 1, "short_answer": 3, "duplicate": 2, "invalid": 1,
+                                  "missing_image": 1}  # fmt: skip
     assert summary["captions"] == 3
     assert llava_to_captions(path, out, image_folder=images, skip_invalid=True, check_images=False)["captions"] == 4
 
@@ -218,9 +226,9 @@ def test_command_line_in_a_subprocess(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "records: 4 (3 with an image, 8 answers)",
+        "records: 5 (3 with an image, 8 answers)",
         f"captions written: 3 of 2 images to {out}",
-        "skipped: 1 text-only records, 3 answers under 3 words, 2 duplicate captions, 0 invalid records, "
-        "0 missing images",
+        "skipped: 1 text-only records, 1 records of several images, 3 answers under 3 words, 2 duplicate captions, "
+        "0 invalid records, 0 missing images",
     ]
     assert _rows(out) == [((images / image).resolve(), caption) for image, caption, _ in EXPECTED]

@@ -51,8 +51,9 @@ class ChatTemplateError(ValueError):
     """The tokenizer's chat template cannot give segment-wise labels (a configuration error, not a bad sample)."""
 
 
-def check_conversation(sample_id: str, conversations: Turns, has_image: bool) -> None:
-    """Raise :class:`InvalidSampleError` naming the sample and the turn index when ``conversations`` is unusable."""
+def check_conversation(sample_id: str, conversations: Turns, has_image: bool, images: int = 1) -> None:
+    """Raise :class:`InvalidSampleError` naming the sample and the turn index when ``conversations`` is unusable.
+    Several ``images``: the human turns must hold one ``<image>`` tag per image (anywhere in them)."""
     if not conversations:
         raise InvalidSampleError(sample_id, "empty conversation")
     for index, turn in enumerate(conversations):
@@ -69,7 +70,12 @@ def check_conversation(sample_id: str, conversations: Turns, has_image: bool) ->
             raise InvalidSampleError(sample_id, f"turn {index}: empty answer")
         if IMAGE_TOKEN in value and not has_image:
             raise InvalidSampleError(sample_id, f"turn {index}: {IMAGE_TOKEN} tag in a sample without an image")
-    if has_image and IMAGE_TOKEN not in conversations[0]["value"]:
+    if has_image and images > 1:
+        tags = sum(turn["value"].count(IMAGE_TOKEN) for turn in conversations[::2])
+        if tags != images:
+            reason = f"{images} images but {tags} {IMAGE_TOKEN} tags in the human turns (one tag per image)"
+            raise InvalidSampleError(sample_id, reason)
+    elif has_image and IMAGE_TOKEN not in conversations[0]["value"]:
         raise InvalidSampleError(sample_id, f"turn 0: the sample has an image but no {IMAGE_TOKEN} tag")
 
 
@@ -260,6 +266,21 @@ def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(found)
 
 
+def _cut_reason(max_length: int, image_ends: list[int], count: int, length: int) -> str:
+    """Why ``max_length`` cannot cut a sample whose image spans end at ``image_ends``: it cuts one of them (or,
+    with several images, leaves one out)."""
+    if len(image_ends) == 1:
+        end, tail = image_ends[0], f"the sample has {length} tokens"
+        return f"max_length {max_length} cuts into the image span (its {count} tokens end at {end}; {tail})"
+    k = next(k for k, end in enumerate(image_ends) if end > max_length)
+    start = image_ends[k] - count
+    how = "cuts into" if max_length > start else "leaves out"
+    return (
+        f"max_length {max_length} {how} the image span {k + 1} of {len(image_ends)} (tokens {start} to "
+        f"{image_ends[k]}; the sample has {length} tokens)"
+    )
+
+
 def tokenize_conversation(
     sample_id: str,
     conversations: Turns,
@@ -269,13 +290,15 @@ def tokenize_conversation(
     has_image: bool,
     max_length: int | None = None,
     system: str | None = None,
+    images: int = 1,
 ) -> dict[str, list[int]]:
     """``input_ids`` and ``labels`` (not shifted: transformers shifts) for one conversation.
 
     Each segment is tokenised without special tokens; BOS is prepended for plain and vicuna_v1 (a chat template
-    writes its own); the ``<image>`` segment becomes ``image_token_count`` copies of the image token id, the
+    writes its own); each ``<image>`` segment becomes ``image_token_count`` copies of the image token id, the
     slots transformers' LLaVA fills with image features. Labels are the ids of supervised segments, -100
-    elsewhere. ``max_length`` cuts the tail, never inside the image span. A bad sample raises
+    elsewhere. ``max_length`` cuts the tail, never inside or before an image span. Several ``images`` (not with
+    ``plain``): one tag per image in the human turns, each expanded where it stands. A bad sample raises
     :class:`InvalidSampleError`, a tokenizer that does not fit the template ``ValueError``/:class:`ChatTemplateError`.
     """
     if template == "vicuna_v1" and tokenizer.eos_token != VICUNA_V1_EOS:
@@ -283,8 +306,10 @@ def tokenize_conversation(
             f"vicuna_v1 ends answers with {VICUNA_V1_EOS!r}, but the tokenizer's EOS is "
             f"{tokenizer.eos_token!r}: use template 'chat_template' for this LLM"
         )
+    if has_image and images > 1 and template == "plain":
+        raise InvalidSampleError(sample_id, f"{images} images: the plain template (stage 1) takes one per sample")
     try:
-        segments = conversation_segments(conversations, template, has_image, tokenizer, system)
+        segments = conversation_segments(conversations, template, has_image, tokenizer, system, images)
     except ChatTemplateError:
         raise
     except ValueError as error:
@@ -293,28 +318,24 @@ def tokenize_conversation(
     bos = tokenizer.bos_token_id
     input_ids: list[int] = [bos] if template != "chat_template" and bos is not None else []
     labels: list[int] = [IGNORE_INDEX] * len(input_ids)
-    image_end = 0
+    image_ends: list[int] = []  # where each image span ends
     for text, supervised in segments:
         if text == IMAGE_TOKEN and not supervised:
             ids = [image_id] * image_token_count
-            image_end = len(input_ids) + image_token_count
+            image_ends.append(len(input_ids) + image_token_count)
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if supervised else [IGNORE_INDEX] * len(ids)
-    expected, found = image_token_count * int(has_image), input_ids.count(image_id)
+    expected, found = image_token_count * images * int(has_image), input_ids.count(image_id)
     if found != expected:
         raise InvalidSampleError(
             sample_id,
             f"{found} image token ids, expected {expected} ({IMAGE_TOKEN} in an answer or in a text-only sample?)",
         )
     if max_length is not None and len(input_ids) > max_length:
-        if has_image and image_token_count and max_length < image_end:
-            raise InvalidSampleError(
-                sample_id,
-                f"max_length {max_length} cuts into the image span (its {image_token_count} tokens end "
-                f"at {image_end}; the sample has {len(input_ids)} tokens)",
-            )
+        if has_image and image_token_count and max_length < image_ends[-1]:
+            raise InvalidSampleError(sample_id, _cut_reason(max_length, image_ends, image_token_count, len(input_ids)))
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     supervised_count = sum(label != IGNORE_INDEX for label in labels)
     if not supervised_count:
