@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from zoo.backbones import OpenCLIPBackbone, OpenCLIPConfig
+from zoo.backbones import OpenCLIPConfig, clip_backbone
+from zoo.backbones.llm_text import language_model_reference
 from zoo.base import ZooModule
 from zoo.checkpoints import file_or_name
 from zoo.inputs import Images, Texts, image_batch, text_list
@@ -28,7 +30,8 @@ class CLIP(ZooModule):
             ``pretrained``, ``model_cfg``, ``lock_image``, ``lock_text``, ``grad_checkpointing``,
             ``cache_dir``, ``lora_rank``, ``lora_alpha``, ``lora_towers``, ``train_augmentation``; see
             :class:`zoo.backbones.OpenCLIPBackbone`), e.g. ``{"model_name": "ViT-B-32-quickgelu",
-            "pretrained": "openai"}``.
+            "pretrained": "openai"}``; with ``text_tower: {language_model: ...}`` a frozen causal LM and an MLP
+            connector replace the text tower (:class:`zoo.backbones.LLMTextCLIPBackbone`).
         compile: ``torch.compile`` both towers (a dict: ``torch.compile`` options, e.g. ``{mode: max-autotune}``).
         **kwargs: optimiser settings of :class:`zoo.base.ZooModule` (``lr``, ``weight_decay``, ...).
     """
@@ -42,8 +45,9 @@ class CLIP(ZooModule):
         super().__init__(**kwargs)
         self.backbone_config = OpenCLIPConfig(**(backbone or {}))
         self.save_hyperparameters()
-        self.hparams["backbone"] = dict(self.backbone_config)
-        self.backbone = OpenCLIPBackbone(**self.backbone_config)
+        # a copy all the way down: checkpoints rewrite base references in the saved hparams (text_tower.language_model)
+        self.hparams["backbone"] = copy.deepcopy(dict(self.backbone_config))
+        self.backbone = clip_backbone(self.backbone_config)
         if compile:
             self.backbone.compile_towers(**(compile if isinstance(compile, dict) else {}))
 
@@ -111,8 +115,13 @@ class CLIP(ZooModule):
 
     # ---------------------------------------------------------------------------- base hooks
     def frozen_base_reference(self) -> dict[str, Any]:
-        """The open_clip ``pretrained`` tag or file (absolute) the frozen weights come from."""
-        return {"backbone.pretrained": file_or_name(self.backbone_config.get("pretrained"))}
+        """The open_clip ``pretrained`` tag or file (absolute) the frozen weights come from, and an LLM text
+        tower's language model (a folder made absolute)."""
+        reference = {"backbone.pretrained": file_or_name(self.backbone_config.get("pretrained"))}
+        if self.backbone_config.get("text_tower"):
+            language_model = self.backbone_config["text_tower"]["language_model"]
+            reference["backbone.text_tower.language_model"] = language_model_reference(language_model)
+        return reference
 
     def no_weight_decay(self) -> set[str]:
         """open_clip's rule, answered by the backbone (names below ``backbone.``)."""

@@ -102,6 +102,15 @@ def image_size(model: open_clip.CLIP) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
+class LLMTextConfig(TypedDict, total=False):
+    """The arguments of :class:`zoo.backbones.llm_text.LLMTextTower` (``backbone.text_tower`` in YAML): a frozen
+    causal LM as the text tower (``language_model``: a transformers folder or hub id, or ``vlzoo-tiny-llama``)."""
+
+    language_model: str
+    connector_hidden: int | None
+    max_length: int
+
+
 class OpenCLIPConfig(TypedDict, total=False):
     """The arguments of :class:`OpenCLIPBackbone`, passed through a method once (``backbone:`` in YAML,
     ``--model.init_args.backbone.pretrained openai`` on the command line); keys left out take the
@@ -118,6 +127,7 @@ class OpenCLIPConfig(TypedDict, total=False):
     lora_alpha: float
     lora_towers: list[str]
     train_augmentation: dict[str, Any] | None
+    text_tower: LLMTextConfig | None  # a frozen causal LM replaces the text tower (zoo.backbones.llm_text)
 
 
 class OpenCLIPBackbone(nn.Module):
