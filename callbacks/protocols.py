@@ -89,7 +89,10 @@ def relaxed_pair(p11: float, p12: float, p21: float, p22: float) -> bool:
     The paper prints it with perplexities, ppl(i1,c1)/(ppl(i1,c1)+ppl(i1,c2)) > ppl(i2,c1)/(ppl(i2,c1)+ppl(i2,c2)),
     but a lower perplexity is a better match, so that form prefers the swapped matching; here p is the likelihood
     1 / ppl (``GenerativeScores.positive``), and for CLIP the cosine made positive, (1 + cos) / 2
-    (``Similarities.positive``), which keeps the order of cosines and the meaning of the criterion."""
+    (``Similarities.positive``), which keeps the order of cosines and the meaning of the criterion. A zero
+    denominator (generation's 0 / 1 scores with neither caption named) is never right."""
+    if p11 + p12 <= 0 or p21 + p22 <= 0:
+        return False
     return bool(p11 / (p11 + p12) > p21 / (p21 + p22))
 
 

@@ -64,7 +64,16 @@ def test_command_line_overrides_reach_the_model(tmp_path, monkeypatch):
     assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(1e-4)
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.stem)
+def is_study(config: Path) -> bool:
+    """A study config (``python -m callbacks.suite study``: steps and rows to evaluate), not a callback stack."""
+    return "evaluate" in (yaml.safe_load(config.read_text()) or {})
+
+
+EVAL_CONFIGS = sorted((ROOT / "configs" / "eval").glob("*.yaml"))
+STUDIES = [p for p in EVAL_CONFIGS if is_study(p)]
+
+
+@pytest.mark.parametrize("config", [p for p in EVAL_CONFIGS if p not in STUDIES], ids=lambda p: p.stem)
 def test_eval_configs_stack_on_clip(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(ROOT / "configs" / "clip.yaml"), "--config", str(config)]
@@ -148,3 +157,18 @@ def test_data_hyperparameters_load_with_weights_only(tmp_path):
     torch.save({"datamodule_hyper_parameters": dict(data.hparams)}, tmp_path / "data.ckpt")
     saved = torch.load(tmp_path / "data.ckpt", weights_only=True)["datamodule_hyper_parameters"]
     assert ImageCaptionDataModule(**saved).shapesworld == data.shapesworld
+
+
+@pytest.mark.parametrize("config", STUDIES, ids=lambda p: p.stem)
+def test_study_configs_run_end_to_end_at_fast_dev_run_size(config, tmp_path, monkeypatch):
+    """Every step trains 2 steps, every row scores a few items; the report has every row and column."""
+    from callbacks.suite.cli import main as suite
+
+    monkeypatch.chdir(tmp_path)
+    report = suite(["study", "--config", str(config), "--out", str(tmp_path / "study"), "--fast-dev-run"])
+    spec = yaml.safe_load(config.read_text())
+    assert list(report["rows"]) == [row["name"] for row in spec["evaluate"]]
+    for name, row in report["rows"].items():
+        for benchmark in spec.get("report", {}):
+            assert benchmark in row["benchmarks"], (name, benchmark)
+    assert (tmp_path / "study" / "study.png").is_file() and (tmp_path / "study" / "study.md").is_file()

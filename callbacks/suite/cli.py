@@ -4,6 +4,7 @@
     vlzoo-suite --checkpoint runs/clip/version_0/checkpoints/last.ckpt --out report.json
     vlzoo-suite compare clip.json negclip.json --out compare/   (table + a PNG per family)
     vlzoo-suite --checkpoint llava.ckpt --module zoo.LLaVA --scorer mc_full   (a generative model; see .generative)
+    vlzoo-suite study --config eval/erroneous_agreements   (train or load, then score several models: see .study)
 
 (``python -m callbacks.suite`` in the repository.) ``--benchmarks`` is a suite YAML's path or a packaged config's
 name; the default, ``eval/suite``, is every ShapesWorld counterpart, generated under ``$VLZOO_CACHE/shapesworld``.
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from callbacks.suite import study
 from callbacks.suite.generative import SCORERS, evaluate_generative
 from callbacks.suite.report import compare, describe_model, to_markdown
 from callbacks.suite.scoring import evaluate_suite
@@ -28,6 +30,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m callbacks.suite")
     """Stand-alone suite on an open_clip model (name + pretrained tag, ``local-dir:``) or a checkpoint;
     ``compare A.json B.json [--out DIR]`` puts several reports side by side."""
     argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["study"]:
+        parser = argparse.ArgumentParser(prog=f"{prog} study", description=study.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        parser.add_argument("--config", required=True, help="the study YAML (configs/eval/erroneous_agreements.yaml)")
+        parser.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
+        parser.add_argument("--seeds", type=int, default=1, help="repeats of sampling-based generation rows")
+        parser.add_argument("--fast-dev-run", action="store_true", help="2 training steps, a few items: a smoke test")
+        args = parser.parse_args(argv[1:])
+        return study.run_study(resolve(args.config), args.out, args.seeds, args.fast_dev_run)
     if argv[:1] == ["compare"]:
         parser = argparse.ArgumentParser(prog=f"{prog} compare")
         parser.add_argument("reports", nargs="+")

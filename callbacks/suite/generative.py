@@ -146,10 +146,13 @@ def evaluate_generative(
     batch_size: int = 16,
     generation_kwargs: dict[str, Any] | None = None,
     both_images: bool = False,
+    image_space: tuple[torch.Tensor, dict[str, int]] | None = None,
 ) -> dict[str, dict]:
     """Figures of every item benchmark under a generative ``scorer`` (retrieval sets and zero-shot classification
     need embeddings: they are left out, with a warning naming them). ``both_images``: What'sUp-style pair
-    benchmarks also get :func:`both_images_pairs` (by ``scorer`` when it is a likelihood one, else mc_letters)."""
+    benchmarks also get :func:`both_images_pairs` (by ``scorer`` when it is a likelihood one, else mc_letters).
+    ``image_space``: unit image embeddings and their index by image key (e.g. of the CLIP whose image encoder the
+    model uses), for the pair protocols' image–image cosine."""
     from callbacks.protocols import score
 
     left_out = [b.name for b in benchmarks if not isinstance(b, Benchmark)]
@@ -158,6 +161,8 @@ def evaluate_generative(
     results: dict[str, dict] = {}
     for benchmark in (b for b in benchmarks if isinstance(b, Benchmark)):
         scores = generative_scores(model, benchmark, scorer, batch_size, generation_kwargs=generation_kwargs)
+        if image_space is not None:
+            scores.image_features, scores.image_index = image_space
         results[benchmark.name] = score(benchmark, scores)
         if scorer == "generation":
             results[benchmark.name]["unmatched"] = scores.unmatched

@@ -132,3 +132,35 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def _toy_benchmark(tmp_path) -> Benchmark:
+    items = []
+    for i in range(4):
+        picture((20 + i, 20), i).save(tmp_path / f"{i}.png")
+        texts = ["a red circle left of a blue square", "a red circle right of a blue square"]
+        items.append(Item(str(i), [ImageRef(str(tmp_path / f"{i}.png"))], texts, meta={"answer": i % 2}))
+    return Benchmark("toy", "multiple_choice", items)
+
+
+def test_greedy_and_likelihood_scoring_are_deterministic_and_sampling_reports_mean_and_std(
+    tmp_path, llava_vision_folder  # noqa: F811
+):
+    from callbacks.suite.study import mean_and_std
+
+    torch.set_num_threads(1)
+    model = perturb(tiny_llava(llava_vision_folder), seed=2, scale=0.3).eval()
+    bench = _toy_benchmark(tmp_path)
+    for scorer in ("mc_letters", "mc_full", "vqascore", "generation"):
+        first = evaluate_generative(model, [bench], scorer, generation_kwargs={"max_new_tokens": 6})
+        assert evaluate_generative(model, [bench], scorer, generation_kwargs={"max_new_tokens": 6}) == first
+    runs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        sampled = {"do_sample": True, "temperature": 1.5, "max_new_tokens": 6}
+        runs.append(evaluate_generative(model, [bench], "generation", generation_kwargs=sampled))
+    summary = mean_and_std(runs)
+    assert summary["seeds"] == 3
+    assert summary["benchmarks"]["toy"]["accuracy"] == pytest.approx(sum(r["toy"]["accuracy"] for r in runs) / 3)
+    assert summary["std"]["toy"]["items"] == 0 and summary["std"]["toy"]["unmatched"] >= 0
+    assert mean_and_std(runs[:1]) == {"benchmarks": runs[0]}
