@@ -21,6 +21,7 @@ from datamodules.instruction_sources import (
     collate_questions,
 )
 from datamodules.llava_json import LLaVAJsonRecords, LLaVASampleError, decode_llava_sample
+from datamodules.packing import PackingCollator
 from datamodules.sources import WebDatasetSource
 from zoo.backbones.llava.conversation import InvalidSampleError, check_conversation, tokenize_conversation
 from zoo.losses import IGNORE_INDEX
@@ -280,6 +281,8 @@ class InstructionDataModule(ZooDataModule):
         shapesworld: sizes of the generated ShapesWorld data.
         group_by_length: train on batches of similar length (text + visual tokens), one modality per step
             (:mod:`datamodules.length_grouped`; map-style sources: not ``webdataset``).
+        pack_length: pack each training batch's samples into rows of at most this many tokens, each sample
+            attending to itself only (:mod:`datamodules.packing`; LLaVA-1.5, not high-res); ``None``: one per row.
     """
 
     def __init__(
@@ -298,6 +301,7 @@ class InstructionDataModule(ZooDataModule):
         num_workers: int = 2,
         seed: int = 0,
         group_by_length: bool = False,
+        pack_length: int | None = None,
     ) -> None:
         super().__init__(
             batch_size, eval_batch_size, num_workers, skip_corrupt=skip_invalid, seed=seed,
@@ -311,7 +315,7 @@ class InstructionDataModule(ZooDataModule):
             raise ValueError(f"source={source!r} needs at least one of train / val / test (LLaVA JSON files / shards)")
         self.source, self.paths, self.image_root = source, {"train": train, "val": val, "test": test}, image_root
         self.predict_path, self.shapesworld, self.skip_invalid = predict, shapesworld, skip_invalid
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_buffer, self.pack_length = shuffle_buffer, pack_length
         self.tokenized: Tokenized | None = None
         self.image_size = 0
         self._records: dict[str, TokenizedRecords | WebDatasetSource] = {}
@@ -327,6 +331,8 @@ class InstructionDataModule(ZooDataModule):
         )  # fmt: skip
         self.image_size = kwargs["image_size"]
         self._records = {}
+        if self.pack_length is not None and kwargs.get("high_res") is not None:
+            raise ValueError("pack_length: high-res (AnyRes / HD) batches are not packed; set pack_length: null")
 
     @property
     def skipped_invalid(self) -> dict[str, str]:
@@ -375,9 +381,11 @@ class InstructionDataModule(ZooDataModule):
         transform = self.transforms["train" if train else "eval"]
         return InstructionRecipe(transform, self.image_size, self.seed, self.tokenized)
 
-    def collator(self, split: Split, tokenize: bool) -> InstructionCollator:
-        tok = self.tokenizer
-        return InstructionCollator(tok.pad_token_id, tok.image_token_id, self.tokenized.image_tokens)
+    def collator(self, split: Split, tokenize: bool) -> InstructionCollator | PackingCollator:
+        tok, count = self.tokenizer, self.tokenized.image_tokens
+        if split == "train" and self.pack_length is not None:
+            return PackingCollator(tok.pad_token_id, tok.image_token_id, count, self.pack_length)
+        return InstructionCollator(tok.pad_token_id, tok.image_token_id, count)
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_path is None:

@@ -88,3 +88,33 @@ def test_high_res_samples_are_refused_by_name(model):
     built[0]["image_size"] = (50, 70)
     with pytest.raises(ValueError, match="high-res"):
         PackingCollator(0, 1, 9, 100)(built)
+
+
+def test_the_instruction_data_module_packs_training_batches(model):
+    from datamodules.instruction import InstructionDataModule
+
+    def first_batches(**kwargs):
+        data = InstructionDataModule(shapesworld={"n_train": 32, "image_size": 42}, batch_size=8, num_workers=0,
+                                     **kwargs)  # fmt: skip
+        data.connect(**model.data_transforms())
+        return list(data.loader("train", train=True, tokenize=True))[:2]
+
+    plain, packed = first_batches(), first_batches(pack_length=256)
+    assert "position_ids" in packed[0] and "position_ids" not in plain[0]
+    for p, q in zip(plain, packed):
+        assert (q["labels"] != -100).sum() == (p["labels"] != -100).sum()  # the same samples, the same targets
+        assert 1 - q["attention_mask"].float().mean() < 1 - p["attention_mask"].float().mean()  # less padding
+        assert q["input_ids"].shape[1] <= 256 or len(q["input_ids"]) == len(q["samples_per_row"])
+        torch.testing.assert_close(model.losses(q)["lm_loss"], model.losses(p)["lm_loss"], atol=1e-5, rtol=1e-5)
+
+
+def test_an_out_of_memory_error_names_each_packed_rows_samples(model):
+    from zoo.backbones.llava.high_res import describe_out_of_memory
+
+    built, tok = samples(model), model.tokenizer
+    packed = PackingCollator(tok.pad_token_id, tok.image_token_id, model.image_tokens, 120)(built)
+    message = describe_out_of_memory(packed, 0, model.visual_tokens(packed), RuntimeError("boom"))
+    rows = packed["samples_per_row"].tolist()
+    assert f"({len(rows)} samples" in message and all(str(s["key"]) in message for s in built)
+    first = "+".join(str(s["key"]) for s in built[: rows[0]])
+    assert message.split(": ", 1)[1].startswith(f"{first}: ")

@@ -240,6 +240,9 @@ def describe_out_of_memory(batch: dict[str, Any], batch_idx: int, visual: torch.
     (all, visual) and image sizes."""
     total = batch["attention_mask"].sum(1).tolist()
     keys = batch.get("key") or [str(i) for i in range(len(total))]
+    if "samples_per_row" in batch:  # packed rows (datamodules.packing): each row's samples together
+        ends = torch.as_tensor(batch["samples_per_row"]).cumsum(0).tolist()
+        keys = ["+".join(map(str, keys[end - n : end])) for n, end in zip(batch["samples_per_row"].tolist(), ends)]
     sizes = batch["image_sizes"].tolist() if "image_sizes" in batch else None
     rows = [
         f"{key}: {count} tokens, {seen} visual" + (f", image (h, w) {tuple(sizes[i])}" if sizes else "")
