@@ -8,6 +8,8 @@ same pre-collated batches (InstructionDataModule, ShapesWorld). The plain loop i
 LLaVA write: ``loss = model(**batch, labels=labels).loss; loss.backward(); optimizer.step()``.
 
     python benchmarks/llava_throughput.py [--repeats 3] [--steps 20] [--lora] [--threads 1]
+    python benchmarks/llava_throughput.py --variants plain zoo "zoo+chunked loss" zoo+grouped zoo+packed zoo+compiled
+                                         zoo+all   # the speed features one at a time, then together
     python benchmarks/llava_throughput.py --shape llava-7b --lora --steps 10   # on a GPU: LLaVA-1.5-7B-sized,
                                                                               # random init, bf16, 2048 tokens
 
@@ -35,11 +37,23 @@ LLAVA_7B_LM = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_laye
                "num_key_value_heads": 32, "vocab_size": 32064}  # fmt: skip
 
 
-def build_model(shape: str, lora: bool):
+VARIANTS = {  # name: (loop, data module options, zoo.LLaVA options, compile the LM)
+    "plain": ("plain", {}, {}, False),
+    "zoo": ("zoo", {}, {"loss_chunk_size": None}, False),
+    "zoo+chunked loss": ("zoo", {}, {}, False),
+    "zoo+grouped": ("zoo", {"group_by_length": True}, {"loss_chunk_size": None}, False),
+    "zoo+packed": ("zoo", {"pack": True}, {"loss_chunk_size": None}, False),
+    "zoo+compiled": ("zoo", {}, {"loss_chunk_size": None}, True),
+    "zoo+all": ("zoo", {"group_by_length": True, "pack": True}, {}, True),
+}
+
+
+def build_model(shape: str, lora: bool, **options):
     """The LLaVA both sides train: the tiny default, or LLaVA-1.5-7B's geometry with random weights (GPU)."""
     from zoo import LLaVA
 
-    settings = {"lora": {} if lora else None, "stage": "finetune", "warmup_ratio": 0.0, "lr_schedule": "constant"}
+    settings = {"lora": {} if lora else None, "stage": "finetune", "warmup_ratio": 0.0, "lr_schedule": "constant",
+                **options}  # fmt: skip
     if shape == "tiny":
         return LLaVA(**TINY, **settings)
     from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -53,12 +67,18 @@ def build_model(shape: str, lora: bool):
                  max_length=2048, activation_checkpointing=True, **settings)  # fmt: skip
 
 
-def make_batches(model, n: int, batch_size: int, shape: str) -> list[dict[str, torch.Tensor]]:
+def make_batches(model, n: int, batch_size: int, shape: str, **options) -> list[dict[str, torch.Tensor]]:
+    """The first ``n`` training batches; ``pack``: rows of up to the longest sample's length (two or three short
+    samples a row), ``group_by_length``: LLaVA's grouping (the epoch is 4 x n batches, so groups form)."""
     from datamodules.instruction import InstructionDataModule
 
-    size = model.image_spec.image_size
-    data = InstructionDataModule(shapesworld={"n_train": n * batch_size, "image_size": size}, batch_size=batch_size,
-                                 num_workers=0)  # fmt: skip
+    size, pack = model.image_spec.image_size, options.pop("pack", False)
+    data = InstructionDataModule(shapesworld={"n_train": 4 * n * batch_size, "image_size": size},
+                                 batch_size=batch_size, num_workers=0, **options)  # fmt: skip
+    if pack:
+        data.connect(**model.data_transforms())
+        longest = max(len(r["input_ids"]) for r in data.records("train") if r is not None)
+        data.pack_length = longest + model.image_tokens
     data.connect(**model.data_transforms())
     batches = list(data.loader("train", train=True, tokenize=True))[:n]
     if shape != "tiny":  # LLaVA-1.5's 2048-token samples: repeat the text to fill the length
@@ -74,11 +94,15 @@ def child(variant: str, args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = build_model(args.shape, args.lora)
-    batches = make_batches(model, args.steps + args.warmup, args.batch_size, args.shape)
+    loop, data_options, model_options, compiled = VARIANTS[variant]
+    model = build_model(args.shape, args.lora, **model_options)
+    batches = make_batches(model, args.steps + args.warmup, args.batch_size, args.shape, **data_options)
+    if compiled:
+        model.llava.model.language_model.compile(dynamic=True)  # lengths vary per batch
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup :])
-    if variant == "zoo":
+    padding = 1 - sum(b["attention_mask"].float().mean().item() for b in batches) / len(batches)
+    if loop == "zoo":
         from lightning.pytorch import Callback, Trainer
 
         class Clock(Callback):
@@ -109,7 +133,7 @@ def child(variant: str, args: argparse.Namespace) -> dict[str, float]:
                 if device == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            batch = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
             batch["pixel_values"] = batch["pixel_values"].to(dtype)
             loss = llava(**batch).loss  # labels in the batch: transformers' own shifted CE
             loss.backward()
@@ -120,7 +144,8 @@ def child(variant: str, args: argparse.Namespace) -> dict[str, float]:
         seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"tokens/s": tokens / seconds, "peak MiB": peak or rss, "memory": "GPU peak" if peak else "max RSS"}
+    return {"tokens/s": tokens / seconds, "peak MiB": peak or rss, "memory": "GPU peak" if peak else "max RSS",
+            "padding": padding}  # fmt: skip
 
 
 def main() -> None:
@@ -132,30 +157,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lora", action="store_true", help="stage-2 LoRA (r 128) instead of full fine-tuning")
     parser.add_argument("--shape", choices=["tiny", "llava-7b"], default="tiny")
-    parser.add_argument("--child", choices=["zoo", "plain"], default=None)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["zoo", "plain"])
+    parser.add_argument("--child", choices=list(VARIANTS), default=None)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    results: dict[str, list[dict]] = {"zoo": [], "plain": []}
+    results: dict[str, list[dict]] = {variant: [] for variant in args.variants}
     passed = [a for a in sys.argv[1:]]
     for _ in range(args.repeats):
-        for variant in ("zoo", "plain"):  # interleaved: drifts of a shared machine hit both
+        for variant in args.variants:  # interleaved: drifts of a shared machine hit them all
             out = subprocess.run([sys.executable, __file__, *passed, "--child", variant], capture_output=True,
                                  text=True, check=True).stdout  # fmt: skip
             results[variant].append(json.loads(out.strip().splitlines()[-1]))
     kind = "LoRA r128" if args.lora else "full"
     print(f"\nLLaVA stage 2 ({kind}), shape {args.shape}, batch {args.batch_size}, {args.steps} timed steps, "
           f"{args.threads} thread(s), {args.repeats} interleaved repeats (median)")  # fmt: skip
-    print("| loop | tokens/s | peak MiB |\n|---|---|---|")
-    medians = {}
+    print("| loop | tokens/s (median) | range | padding | peak MiB | / plain (per repeat) |\n|---|---|---|---|---|---|")
+    medians = {variant: statistics.median(r["tokens/s"] for r in runs) for variant, runs in results.items()}
     for variant, runs in results.items():
-        medians[variant] = statistics.median(r["tokens/s"] for r in runs)
-        print(f"| {variant} | {medians[variant]:.0f} | {statistics.median(r['peak MiB'] for r in runs):.0f} "
-              f"({runs[0]['memory']}) |")  # fmt: skip
-    ratios = [z["tokens/s"] / p["tokens/s"] for z, p in zip(results["zoo"], results["plain"])]
-    print(f"zoo / plain tokens/s: {medians['zoo'] / medians['plain']:.3f} (per repeat: "
-          + ", ".join(f"{r:.3f}" for r in ratios) + ")")
+        speeds = [r["tokens/s"] for r in runs]
+        ratios = ([f"{r['tokens/s'] / p['tokens/s']:.3f}" for r, p in zip(runs, results["plain"])]
+                  if "plain" in results else [])  # fmt: skip
+        print(f"| {variant} | {medians[variant]:.0f} | {min(speeds):.0f}-{max(speeds):.0f} | "
+              f"{100 * runs[0]['padding']:.0f} % | {statistics.median(r['peak MiB'] for r in runs):.0f} "
+              f"({runs[0]['memory']}) | {', '.join(ratios)} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ class LLaVA(LLaVAScoring, LLaVAInference, ZooModule):
         micro_batches: micro-batches per optimiser step; the loss is the mean over the supervised tokens of all
             of them (and of every rank), so k micro-batches equal one batch of k·B.
         activation_checkpointing: recompute the LM's activations in the backward pass.
+        loss_chunk_size: supervised tokens per chunk of the LM loss's logits (recomputed in the backward pass; peak
+            memory O(chunk x vocabulary)); ``null``: all logits at once.
         cache_dir: where hub downloads go. seed: initialisation seed of new weights (projector, tiny LM, LoRA).
         image_spec: the preprocessing (:class:`~zoo.backbones.llava.clip_vision.ImageSpec` fields) instead of the
             tower's own; checkpoints save the one trained with, so a reload preprocesses as the training did.
@@ -113,6 +115,7 @@ class LLaVA(LLaVAScoring, LLaVAInference, ZooModule):
         init_from: str | None = None,
         micro_batches: int = 1,
         activation_checkpointing: bool = False,
+        loss_chunk_size: int | None = 1024,
         cache_dir: str | None = None,
         seed: int = 0,
         image_spec: dict[str, Any] | None = None,
@@ -338,7 +341,8 @@ class LLaVA(LLaVAScoring, LLaVAInference, ZooModule):
         positions = batch.get("position_ids")
         hidden = self(batch["input_ids"], mask, batch.get("pixel_values"), position_ids=positions, **sizes)
         head = self.llava.lm_head
-        return causal_lm_loss(hidden, batch["labels"], head.weight, head.bias, num_supervised)
+        chunk = self.hparams.get("loss_chunk_size", 1024)
+        return causal_lm_loss(hidden, batch["labels"], head.weight, head.bias, num_supervised, chunk_size=chunk)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self._lm_terms(batch)
