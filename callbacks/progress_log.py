@@ -1,6 +1,6 @@
 """Plain progress lines for runs without a terminal (``nohup``, SLURM): a log file gets
 
-    epoch 0 step 50/1560 loss 3.2107 lr 4.90e-05 samples/s 812.3
+    epoch 0 step 50/1560 loss 3.2107 lr 4.90e-05 samples/s 812.3   (+ tokens/s 10230.4 for token batches)
     epoch 0 step 156 val/loss 2.9870 val/retrieval/i2t_R@1 0.1240 ...
 
 instead of a progress bar redrawn with carriage returns and printed only at exit. In a terminal the
@@ -32,7 +32,8 @@ def samples_in(batch: Any, model: LightningModule) -> int:
 
 class FileProgressLog(Callback):
     """Without a terminal on stdout: one line every ``every_n_steps`` optimiser steps (epoch, step / total,
-    training loss, learning rate, samples per second over all processes, validation time excluded) and
+    training loss, learning rate, samples per second over all processes, validation time excluded; for token
+    batches, attended tokens per second too, padding excluded) and
     one line per validation epoch with its figures; Lightning's progress bar is disabled. In a terminal:
     nothing.
 
@@ -49,7 +50,7 @@ class FileProgressLog(Callback):
         self.force = force
         self.active = False
         self._total = math.inf
-        self._samples = 0
+        self._samples = self._tokens = 0
         self._since = 0.0  # start of the current measuring window (moved forward by validation time)
         self._paused_at: float | None = None
         self._last_step = -1
@@ -61,7 +62,7 @@ class FileProgressLog(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._total = trainer.estimated_stepping_batches
-        self._samples, self._since, self._last_step = 0, time.monotonic(), trainer.global_step
+        self._samples, self._tokens, self._since, self._last_step = 0, 0, time.monotonic(), trainer.global_step
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -69,6 +70,8 @@ class FileProgressLog(Callback):
         if not self.active:
             return
         self._samples += samples_in(batch, pl_module) * trainer.world_size
+        if isinstance(batch, Mapping) and isinstance(batch.get("attention_mask"), torch.Tensor):  # LM batches
+            self._tokens += int(batch["attention_mask"].sum()) * trainer.world_size  # padding excluded
         step = trainer.global_step
         if step == self._last_step or step % self.every_n_steps:
             return
@@ -80,12 +83,13 @@ class FileProgressLog(Callback):
             loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         loss_text = f"{float(loss):.4f}" if loss is not None else "-"
         lr = f"{trainer.optimizers[0].param_groups[0]['lr']:.2e}" if trainer.optimizers else "-"
+        tokens = f" tokens/s {self._tokens / elapsed:.1f}" if self._tokens else ""
         say(
             trainer,
             f"epoch {trainer.current_epoch} step {step}{total} loss {loss_text} lr {lr} "
-            f"samples/s {self._samples / elapsed:.1f}",
+            f"samples/s {self._samples / elapsed:.1f}{tokens}",
         )
-        self._samples, self._since = 0, time.monotonic()
+        self._samples, self._tokens, self._since = 0, 0, time.monotonic()
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._paused_at = time.monotonic()

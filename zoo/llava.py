@@ -254,7 +254,7 @@ class LLaVA(LLaVAScoring, LLaVAInference, ZooModule):
         checkpoint["hyper_parameters"].update(self.base_specs())
 
     def batch_size(self, batch: dict[str, Any]) -> int:
-        return len(batch["input_ids"])
+        return len(batch["key"]) if "samples_per_row" in batch else len(batch["input_ids"])  # packed: samples
 
     def fsdp_wrap_classes(self) -> set[type[torch.nn.Module]]:
         """One FSDP unit per decoder layer of the LM and per encoder layer of the vision tower."""

@@ -78,3 +78,21 @@ def test_samples_are_counted_by_the_module_hook_else_by_the_first_tensor():
     assert samples_in(batch, model) == 3  # ZooModule.batch_size counts images
     assert samples_in(batch, LightningModule()) == 5
     assert samples_in([torch.zeros(7, 2), torch.zeros(7)], LightningModule()) == 7
+
+
+def test_token_batches_also_log_attended_tokens_per_second(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(progress_log.time, "monotonic", lambda: clock.now)
+    trainer = SimpleNamespace(estimated_stepping_batches=4, global_step=0, world_size=2, callback_metrics={},
+                              optimizers=[], current_epoch=0, is_global_zero=True)  # fmt: skip
+    log = FileProgressLog(every_n_steps=2, force=True)
+    log.active = True
+    log.on_train_start(trainer, None)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # 5 attended tokens of 8
+    for step in (1, 2):
+        clock.now, trainer.global_step = float(step), step
+        log.on_train_batch_end(trainer, None, torch.tensor(1.0), {"attention_mask": mask}, step - 1)
+    line = capsys.readouterr().out.strip()
+    assert line.endswith("samples/s 4.0 tokens/s 10.0"), line  # 2 batches x 2 rows x 2 ranks; 2 x 5 x 2 tokens in 2 s

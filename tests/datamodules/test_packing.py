@@ -52,6 +52,7 @@ def test_packed_rows_give_the_loss_and_gradients_of_the_unpacked_batch(model, ca
     packed = PackingCollator(tok.pad_token_id, tok.image_token_id, model.image_tokens, capacity)(built)
     assert len(packed["input_ids"]) < len(plain["input_ids"]) and packed["samples_per_row"].sum() == len(QA)
     assert len(packed["pixel_values"]) == 3  # the three images only: no stand-ins for text-only samples
+    assert model.batch_size(packed) == model.batch_size(plain) == len(QA)  # samples, not rows (samples/s, logs)
     loss, grads = loss_and_grads(model, plain)
     packed_loss, packed_grads = loss_and_grads(model, packed)
     torch.testing.assert_close(packed_loss, loss, atol=1e-5, rtol=1e-5)
