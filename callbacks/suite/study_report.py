@@ -48,7 +48,7 @@ def study_figure(report: dict[str, Any], path: str | Path) -> Path:
     columns, rows = reported(report), list(report["rows"].items())
     chance = report.get("chance", {})
     width = 0.8 / max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(columns) * len(rows)), 4))
+    fig, ax = plt.subplots(figsize=(min(16, max(6, 0.2 * len(columns) * len(rows))), 4.5))
     for i, (name, row) in enumerate(rows):
         values = [100 * row["benchmarks"].get(b, {}).get(f, float("nan")) for b, f in columns]
         ax.bar([k + i * width for k in range(len(columns))], values, width, label=name)
