@@ -172,3 +172,6 @@ def test_study_configs_run_end_to_end_at_fast_dev_run_size(config, tmp_path, mon
         for benchmark in spec.get("report", {}):
             assert benchmark in row["benchmarks"], (name, benchmark)
     assert (tmp_path / "study" / "study.png").is_file() and (tmp_path / "study" / "study.md").is_file()
+    for row in spec["evaluate"]:  # a reranking row scores the retrieval sets it reranks
+        if row.get("rerank_with"):
+            assert "i2t_R@1" in report["rows"][row["name"]]["benchmarks"]["shapesworld/retrieval"]

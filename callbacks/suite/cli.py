@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m callbacks.suite")
         "/ generation",
     )
     parser.add_argument("--both-images", action="store_true", help="LLaVA: What'sUp pairs also with both images")
+    parser.add_argument("--rerank-with", default=None, help="vqascore: a CLIP checkpoint whose top 10 it reranks")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m callbacks.suite")
     if args.scorer == "cosine":
         results = evaluate_suite(model, benchmarks, batch_size=args.batch_size, num_workers=args.num_workers)
     else:
-        results = evaluate_generative(model, benchmarks, args.scorer, args.batch_size, both_images=args.both_images)
+        reranker = load_model(args.rerank_with, "zoo.CLIP")[0] if args.rerank_with else None
+        results = evaluate_generative(model, benchmarks, args.scorer, args.batch_size, both_images=args.both_images,
+                                      reranker=reranker)  # fmt: skip
     report = {
         "benchmarks": results,
         "sources": {b.name: b.source for b in benchmarks},

@@ -24,8 +24,8 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks.protocols import mean, picks
-from datamodules.benchmarks import Benchmark, ImageFiles, Item
+from callbacks.protocols import mean, picks, score
+from datamodules.benchmarks import Benchmark, ImageFiles, Item, RetrievalSet
 
 Scorer = Literal["cosine", "vqascore", "mc_letters", "mc_full", "generation"]
 SCORERS: tuple[str, ...] = ("cosine", "vqascore", "mc_letters", "mc_full", "generation")
@@ -147,18 +147,26 @@ def evaluate_generative(
     generation_kwargs: dict[str, Any] | None = None,
     both_images: bool = False,
     image_space: tuple[torch.Tensor, dict[str, int]] | None = None,
+    reranker: LightningModule | None = None,
 ) -> dict[str, dict]:
-    """Figures of every item benchmark under a generative ``scorer`` (retrieval sets and zero-shot classification
-    need embeddings: they are left out, with a warning naming them). ``both_images``: What'sUp-style pair
+    """Figures of every item benchmark under a generative ``scorer``; retrieval sets by reranking when a CLIP-family
+    ``reranker`` is given and the scorer is ``vqascore`` (:mod:`callbacks.suite.rerank`); otherwise retrieval sets
+    and zero-shot classification need embeddings and are left out, with a warning naming them. ``both_images``:
+    What'sUp-style pair
     benchmarks also get :func:`both_images_pairs` (by ``scorer`` when it is a likelihood one, else mc_letters).
     ``image_space``: unit image embeddings and their index by image key (e.g. of the CLIP whose image encoder the
     model uses), for the pair protocols' image–image cosine."""
-    from callbacks.protocols import score
-
-    left_out = [b.name for b in benchmarks if not isinstance(b, Benchmark)]
-    if left_out:
-        rank_zero_warn(f"scorer {scorer!r} scores item benchmarks only; left out: {left_out}")
+    rerank = reranker is not None and scorer == "vqascore"
     results: dict[str, dict] = {}
+    if rerank:
+        from callbacks.suite.rerank import vqascore_reranked_retrieval
+
+        for data in (b for b in benchmarks if isinstance(b, RetrievalSet)):
+            results[data.name] = vqascore_reranked_retrieval(model, reranker, data, batch_size=batch_size)
+    left_out = [b.name for b in benchmarks if not isinstance(b, Benchmark) and b.name not in results]
+    if left_out:
+        rank_zero_warn(f"scorer {scorer!r} scores item benchmarks (and, reranking a CLIP, retrieval sets) only; "
+                       f"left out: {left_out}")  # fmt: skip
     for benchmark in (b for b in benchmarks if isinstance(b, Benchmark)):
         scores = generative_scores(model, benchmark, scorer, batch_size, generation_kwargs=generation_kwargs)
         if image_space is not None:

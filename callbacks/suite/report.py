@@ -34,7 +34,7 @@ def describe_model(model: LightningModule, precision: str = "32-true") -> dict[s
     return info
 
 
-COUNTS = ("items", "skipped", "macro_groups", "ties", "unmatched")
+COUNTS = ("items", "skipped", "macro_groups", "ties", "unmatched", "rerank_k")
 """Figures that are counts, not fractions."""
 
 

@@ -14,9 +14,10 @@ The config (YAML) has three parts:
   ``{n, seed, stage, split}``) and ``llava_captions`` (LLaVA instruction JSON → an image–caption file,
   :mod:`datamodules.llava_captions`). A step
   whose output exists is reused, so an interrupted study resumes where it stopped;
-* ``evaluate``: rows ``{name, checkpoint, module, scorer, generation, both_images, image_space}`` (see
-  :mod:`callbacks.suite.generative`; ``image_space``: a CLIP checkpoint whose image embeddings give a generative
-  row its image–image cosines).
+* ``evaluate``: rows ``{name, checkpoint, module, scorer, generation, both_images, image_space, rerank_with}``
+  (see :mod:`callbacks.suite.generative`; ``image_space``: a CLIP checkpoint whose image embeddings give a
+  generative row its image–image cosines; ``rerank_with``: a CLIP checkpoint whose top 10 a ``vqascore`` row
+  reranks on retrieval sets).
 
 ``--fast-dev-run`` trains every ``fit`` step for 2 steps on a few samples and scores a few items (a smoke test of
 the whole study). ``--seeds N`` repeats rows whose generation samples (``do_sample: true``) N times and reports
@@ -153,11 +154,12 @@ def evaluate_row(row: dict[str, Any], specs: list[dict[str, Any]], batch_size: i
         return {"benchmarks": evaluate_suite(model, benchmarks, batch_size=batch_size, num_workers=0)}
     generation = row.get("generation", {})
     space = image_space(row["image_space"], benchmarks, batch_size) if row.get("image_space") else None
+    reranker = load_model(row["rerank_with"], "zoo.CLIP", device="cpu")[0] if row.get("rerank_with") else None
     runs = []
     for seed in range(seeds if generation.get("do_sample") else 1):
         torch.manual_seed(seed)
         runs.append(evaluate_generative(model, benchmarks, scorer, batch_size, generation,
-                                        row.get("both_images", False), space))  # fmt: skip
+                                        row.get("both_images", False), space, reranker))  # fmt: skip
     return mean_and_std(runs)
 
 

@@ -164,3 +164,24 @@ def test_greedy_and_likelihood_scoring_are_deterministic_and_sampling_reports_me
     assert summary["benchmarks"]["toy"]["accuracy"] == pytest.approx(sum(r["toy"]["accuracy"] for r in runs) / 3)
     assert summary["std"]["toy"]["items"] == 0 and summary["std"]["toy"]["unmatched"] >= 0
     assert mean_and_std(runs[:1]) == {"benchmarks": runs[0]}
+
+
+def test_reranking_reorders_each_querys_top_k_and_keeps_the_rest():
+    from callbacks.suite.rerank import reranked_recall
+
+    # 3 images, one caption each; the first stage ranks every image's wrong captions first
+    first = torch.tensor([[0.1, 0.9, 0.8], [0.9, 0.1, 0.8], [0.9, 0.8, 0.1]])
+    text_to_image = torch.tensor([0, 1, 2])
+    asked = []
+
+    def vqa(pairs):  # the generative score knows the truth
+        asked.extend(pairs)
+        return torch.tensor([1.0 if i == t else 0.2 for i, t in pairs])
+
+    plain = reranked_recall(first, text_to_image, lambda pairs: torch.zeros(len(pairs)), k=3)
+    assert plain["i2t_R@1"] == 0.0 and plain["t2i_R@1"] == 0.0  # tied reranked scores: never right
+    fixed = reranked_recall(first, text_to_image, vqa, k=3)
+    assert fixed["i2t_R@1"] == 1.0 and fixed["t2i_R@1"] == 1.0
+    assert len(asked) == len(set(asked)) == 9  # each distinct pair scored once
+    shallow = reranked_recall(first, text_to_image, vqa, k=1)  # the right caption is outside every top 1
+    assert shallow["i2t_R@1"] == 0.0 and shallow["i2t_R@5"] == 1.0  # beyond the top k: the first stage's order
