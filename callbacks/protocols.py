@@ -141,20 +141,29 @@ def winoground(benchmark: Benchmark, sims: Similarities) -> dict[str, float]:
 
 
 def mmvp(benchmark: Benchmark, sims: Similarities) -> dict[str, float]:
-    """MMVP-VLM (Tong et al., 2024), text→image: statement t0 must pick image i0 (s(i0,t0) > s(i1,t0))
-    and t1 must pick i1 (s(i1,t1) > s(i0,t1)). Both figures always: ``question_accuracy`` over the statements,
-    ``pair_accuracy`` over the pairs (both right; published numbers confuse the two by a factor of two), and
-    ``ties``. The official script lets a tie on t1 count as picking i1; ``options["tie_rule"] == "reference"``
-    reproduces that."""
+    """MMVP pairs, ``question_accuracy`` over the questions and ``pair_accuracy`` over the pairs (both right),
+    always both (published numbers confuse the two by a factor of two), and ``ties``.
+
+    Embeddings (MMVP-VLM, Tong et al., 2024; text→image): statement t0 must pick image i0 (s(i0,t0) > s(i1,t0)) and
+    t1 must pick i1 (s(i1,t1) > s(i0,t1)); the official script lets a tie on t1 count as picking i1
+    (``options["tie_rule"] == "reference"``). A generative model (scores with ``image_to_text``; MMVP's own
+    protocol for LVLMs): each image is a question over the pair's two statements, right when its own statement
+    scores higher (s(i_k, t_k) > s(i_k, t_1-k)): a model that answers the same for both images gets half the
+    questions and no pair."""
     reference = benchmark.options.get("tie_rule") == "reference"
+    image_to_text = getattr(sims, "image_to_text", False)
     questions, pairs, ties = [], [], 0
     for item in benchmark.items:
         s0, s1 = sims.image_text(item, 0), sims.image_text(item, 1)  # s_k[j] = s(i_k, t_j)
-        first = bool(s0[0] > s1[0])
-        second = bool(s1[1] >= s0[1] if reference else s1[1] > s0[1])
+        if image_to_text:
+            first, second = bool(s0[0] > s0[1]), bool(s1[1] > s1[0])
+            ties += int(s0[0] == s0[1]) + int(s1[1] == s1[0])
+        else:
+            first = bool(s0[0] > s1[0])
+            second = bool(s1[1] >= s0[1] if reference else s1[1] > s0[1])
+            ties += int(s0[0] == s1[0]) + int(s1[1] == s0[1])
         questions += [first, second]
         pairs.append(first and second)
-        ties += int(s0[0] == s1[0]) + int(s1[1] == s0[1])
     return {"question_accuracy": mean(questions), "pair_accuracy": mean(pairs), "ties": ties}
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from zoo.backbones.llava.build import encode_prompt, llava_processor
-from zoo.backbones.llava.conversation import inference_prompt
+from zoo.backbones.llava.conversation import IMAGE_TOKEN, inference_prompt
 from zoo.decoding import m3id_generate
 
 
@@ -65,13 +65,17 @@ class LLaVAInference:
         """Token ids of the inference prompts (the model's template), each image expanded to its tokens
         (``image_tokens`` per prompt, a list for a prompt with several images; default: the model's fixed count)."""
         counts = image_tokens or [self.image_tokens] * len(questions)
-        texts = [
-            inference_prompt(
-                q, self.template, has_image=h, tokenizer=self.tokenizer, system=self.hparams.system_prompt,
-                images=len(c) if isinstance(c, list) else 1,
-            )
-            for q, h, c in zip(questions, has_image, counts)
-        ]  # fmt: skip
+        texts = []
+        for i, (question, has, count) in enumerate(zip(questions, has_image, counts)):
+            if not has and IMAGE_TOKEN in question:
+                raise ValueError(f"prompt {i}: an {IMAGE_TOKEN} tag but no image ({question!r})")
+            try:
+                texts.append(inference_prompt(
+                    question, self.template, has_image=has, tokenizer=self.tokenizer, system=self.hparams.system_prompt,
+                    images=len(count) if isinstance(count, list) else 1,
+                ))  # fmt: skip
+            except ValueError as error:
+                raise ValueError(f"prompt {i}: {error}") from error
         return [encode_prompt(text, self.tokenizer, count) for text, count in zip(texts, counts)]
 
     def _encode_images(self, images: list[Image.Image | None]) -> tuple[list[int], Any]:

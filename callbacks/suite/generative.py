@@ -51,6 +51,7 @@ class GenerativeScores:
     image_features: torch.Tensor | None = None
     image_index: dict[str, int] = field(default_factory=dict)
     scores_texts: bool = False  # no text–text similarity (SugarCrepe++'s TOT is left out)
+    image_to_text: bool = True  # MMVP as each image's question over the pair's statements (callbacks.protocols.mmvp)
 
     def image_text(self, item: Item, image: int) -> torch.Tensor:
         return self.scores[(item.images[image].key, tuple(item.texts))]
@@ -152,11 +153,15 @@ def evaluate_generative(
     """Figures of every item benchmark under a generative ``scorer``; retrieval sets by reranking when a CLIP-family
     ``reranker`` is given and the scorer is ``vqascore`` (:mod:`callbacks.suite.rerank`); otherwise retrieval sets
     and zero-shot classification need embeddings and are left out, with a warning naming them. ``both_images``:
-    What'sUp-style pair
-    benchmarks also get :func:`both_images_pairs` (by ``scorer`` when it is a likelihood one, else mc_letters).
+    What'sUp-style pair benchmarks also get :func:`both_images_pairs` (``mc_letters`` / ``mc_full`` only; another
+    scorer, or a ``reranker`` without ``vqascore``, is refused).
     ``image_space``: unit image embeddings and their index by image key (e.g. of the CLIP whose image encoder the
     model uses), for the pair protocols' image–image cosine."""
-    rerank = reranker is not None and scorer == "vqascore"
+    if reranker is not None and scorer != "vqascore":
+        raise ValueError(f"reranking retrieval uses VQAScore: give scorer 'vqascore', not {scorer!r}")
+    if both_images and scorer not in ("mc_letters", "mc_full"):
+        raise ValueError(f"both-images pairs are scored by mc_letters or mc_full, not {scorer!r}")
+    rerank = reranker is not None
     results: dict[str, dict] = {}
     if rerank:
         from callbacks.suite.rerank import vqascore_reranked_retrieval
@@ -175,6 +180,5 @@ def evaluate_generative(
         if scorer == "generation":
             results[benchmark.name]["unmatched"] = scores.unmatched
         if both_images and benchmark.protocol == "whatsup" and any("pair" in i.meta for i in benchmark.items):
-            form = scorer if scorer in ("mc_letters", "mc_full") else "mc_letters"
-            results[benchmark.name].update(both_images_pairs(model, benchmark, form, batch_size))
+            results[benchmark.name].update(both_images_pairs(model, benchmark, scorer, batch_size))
     return results

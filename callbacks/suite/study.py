@@ -13,16 +13,17 @@ The config (YAML) has three parts:
   ``shapesworld_instructions`` (ShapesWorld's LLaVA instruction JSON, as the LLaVA configs generate it:
   ``{n, seed, stage, split}``) and ``llava_captions`` (LLaVA instruction JSON → an image–caption file,
   :mod:`datamodules.llava_captions`). A step
-  whose output exists is reused, so an interrupted study resumes where it stopped;
+  whose output exists is reused, so an interrupted study resumes where it stopped; its ``step.json`` records the
+  settings it was made with, and a step whose settings changed since (or a fast-dev-run's) is refused by name;
 * ``evaluate``: rows ``{name, checkpoint, module, scorer, generation, both_images, image_space, rerank_with}``
   (see :mod:`callbacks.suite.generative`; ``image_space``: a CLIP checkpoint whose image embeddings give a
   generative row its image–image cosines; ``rerank_with``: a CLIP checkpoint whose top 10 a ``vqascore`` row
   reranks on retrieval sets).
 
 ``--fast-dev-run`` trains every ``fit`` step for 2 steps on a few samples and scores a few items (a smoke test of
-the whole study). ``--seeds N`` repeats rows whose generation samples (``do_sample: true``) N times and reports
-mean ± std; greedy and likelihood rows are deterministic and run once. Writes ``study.json``, ``study.md`` and
-``study.png`` under the output folder.
+the whole study), under ``<out_dir>/fast_dev_run`` unless ``--out`` says otherwise. ``--seeds N`` repeats rows
+whose generation samples (``do_sample: true``) N times and reports mean ± std; greedy and likelihood rows are
+deterministic and run once. Writes ``study.json``, ``study.md`` and ``study.png`` under the output folder.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ FAST_DEV_RUN = {
 }
 FAST_BENCHMARK = {"n": 8, "n_spatial": 2, "per_class": 1}
 _REFERENCE = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+STEP_FILE = "step.json"  # the resolved spec a step's output was made with
 
 
 def resolve(value: Any, outputs: dict[str, str], where: str) -> Any:
@@ -89,6 +91,17 @@ def fit_step(name: str, spec: dict[str, Any], out: Path, fast: bool) -> str:
     checkpoint = out / name / "last.ckpt"
     cli.trainer.save_checkpoint(checkpoint)
     return str(hf if spec.get("output") == "hf" else checkpoint)
+
+
+def check_reuse(name: str, recorded: dict[str, Any], out: Path) -> None:
+    """Refuse to reuse a step's output made with other settings (another spec, or a fast-dev-run's): its
+    ``step.json`` names them."""
+    path = out / name / STEP_FILE
+    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(recorded, sort_keys=True)):
+        raise ValueError(
+            f"step {name!r}: {out / name} was made with other settings than the config's now ({path}); delete "
+            "that folder to redo the step, or give another --out"
+        )
 
 
 def run_step(name: str, spec: dict[str, Any], out: Path, fast: bool) -> str:
@@ -175,11 +188,14 @@ def mean_and_std(runs: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
 def run_study(config: str | Path, out: str | Path | None = None, seeds: int = 1, fast: bool = False) -> dict:
     """Run the study of ``config`` (see the module docstring); returns (and writes) its report."""
     spec = yaml.safe_load(Path(config).read_text())
-    out = Path(out or spec.get("out_dir", "runs/study"))
+    out = Path(out or Path(spec.get("out_dir", "runs/study")) / ("fast_dev_run" if fast else ""))
     out.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, str] = {}
     for name, step in (spec.get("steps") or {}).items():
-        outputs[name] = run_step(name, resolve(step, outputs, f"step {name!r}"), out, fast)
+        resolved = resolve(step, outputs, f"step {name!r}")
+        check_reuse(name, {"step": resolved, "fast_dev_run": fast}, out)
+        outputs[name] = run_step(name, resolved, out, fast)
+        (out / name / STEP_FILE).write_text(json.dumps({"step": resolved, "fast_dev_run": fast}, sort_keys=True))
         print(f"study step {name}: {outputs[name]}", flush=True)
     specs = [{**b, **(FAST_BENCHMARK if fast and b.get("kind") == "shapesworld" else {})} for b in spec["benchmarks"]]
     batch_size = spec.get("batch_size", 16)

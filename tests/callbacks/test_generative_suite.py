@@ -70,8 +70,14 @@ def test_mmvp_reports_question_and_pair_accuracy_and_ties():
         ("0a", ("t0", "t1")): torch.tensor([0.9, 0.1]), ("0b", ("t0", "t1")): torch.tensor([0.2, 0.8]),  # both right
         ("1a", ("t0", "t1")): torch.tensor([0.9, 0.5]), ("1b", ("t0", "t1")): torch.tensor([0.2, 0.5]),  # t1 ties
     }  # fmt: skip
-    figures = score(Benchmark("mmvp", "mmvp", items), GenerativeScores(table, "vqascore"))
+    text_to_image = GenerativeScores(table, "vqascore", image_to_text=False)  # MMVP-VLM: a statement picks an image
+    figures = score(Benchmark("mmvp", "mmvp", items), text_to_image)
     assert figures["question_accuracy"] == 0.75 and figures["pair_accuracy"] == 0.5 and figures["ties"] == 1
+    figures = score(Benchmark("mmvp", "mmvp", items), GenerativeScores(table, "vqascore"))  # each image's question
+    assert figures["question_accuracy"] == 1.0 and figures["pair_accuracy"] == 1.0 and figures["ties"] == 0
+    same = {key: torch.tensor([0.9, 0.1]) for key in table}  # the same answer whatever the image
+    figures = score(Benchmark("mmvp", "mmvp", items), GenerativeScores(same, "mc_letters"))
+    assert figures["question_accuracy"] == 0.5 and figures["pair_accuracy"] == 0.0  # MMVP's chance: 50 / 25
 
 
 class StubLLaVA:
@@ -184,4 +190,12 @@ def test_reranking_reorders_each_querys_top_k_and_keeps_the_rest():
     assert fixed["i2t_R@1"] == 1.0 and fixed["t2i_R@1"] == 1.0
     assert len(asked) == len(set(asked)) == 9  # each distinct pair scored once
     shallow = reranked_recall(first, text_to_image, vqa, k=1)  # the right caption is outside every top 1
-    assert shallow["i2t_R@1"] == 0.0 and shallow["i2t_R@5"] == 1.0  # beyond the top k: the first stage's order
+    assert shallow["i2t_R@1"] == 0.0 and shallow["t2i_R@1"] == 0.0  # beyond the top k: the first stage's order
+    # 7 images: the right caption 3rd by the first stage; k = 2 cannot reach it, k = 3 can
+    n = 7
+    gallery = torch.rand(n, n, generator=torch.Generator().manual_seed(0)) * 0.5
+    gallery[torch.arange(n), (torch.arange(n) + 1) % n] = 0.9
+    gallery[torch.arange(n), (torch.arange(n) + 2) % n] = 0.8
+    gallery[torch.arange(n), torch.arange(n)] = 0.7
+    two, three = (reranked_recall(gallery, torch.arange(n), vqa, k=k) for k in (2, 3))
+    assert two["i2t_R@1"] == 0.0 and two["i2t_R@5"] == 1.0 and three["i2t_R@1"] == 1.0

@@ -150,7 +150,9 @@ def test_several_images_in_one_prompt_are_spliced_in_order(model):
 
 def test_a_tag_count_that_differs_from_the_images_is_refused(model):
     a = picture((50, 70), 1)
-    with pytest.raises(ValueError, match="2 images but 1 <image> tags"):
-        model.generate([[a, a]], ["<image>\nWhich?"], max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt 1: 2 images but 1 <image> tags"):
+        model.generate([a, [a, a]], ["Which?", "<image>\nWhich?"], max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt 0: an <image> tag but no image"):
+        model.answer_nll([None], ["<image>\nWhich?"], ["A"])
     with pytest.raises(ValueError, match="2 image entries for 1 prompts"):
         model.generate([a, a], ["Which?"], max_new_tokens=2)
