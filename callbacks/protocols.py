@@ -26,6 +26,7 @@ class Similarities:
     image_index: dict[str, int]
     text_index: dict[str, int]
     scores_texts: bool = True  # text–text similarities exist (SugarCrepe++'s TOT)
+    image_to_text: bool = False  # MMVP as MMVP-VLM: a statement picks an image (see :func:`mmvp`)
 
     def image_text(self, item: Item, image: int) -> torch.Tensor:
         """s(item.images[image], t) for every text of the item."""
@@ -151,11 +152,10 @@ def mmvp(benchmark: Benchmark, sims: Similarities) -> dict[str, float]:
     scores higher (s(i_k, t_k) > s(i_k, t_1-k)): a model that answers the same for both images gets half the
     questions and no pair."""
     reference = benchmark.options.get("tie_rule") == "reference"
-    image_to_text = getattr(sims, "image_to_text", False)
     questions, pairs, ties = [], [], 0
     for item in benchmark.items:
         s0, s1 = sims.image_text(item, 0), sims.image_text(item, 1)  # s_k[j] = s(i_k, t_j)
-        if image_to_text:
+        if sims.image_to_text:
             first, second = bool(s0[0] > s0[1]), bool(s1[1] > s1[0])
             ties += int(s0[0] == s0[1]) + int(s1[1] == s1[0])
         else:

@@ -42,8 +42,13 @@ def sample_pixels(transform: Callable, image: Any, image_size: int) -> torch.Ten
     return transform(image)
 
 
+def image_stack(pixels: torch.Tensor) -> torch.Tensor:
+    """A sample's ``pixel_values`` as [k, 3, S, S] (one image, or a text-only sample's stand-in: k = 1)."""
+    return pixels if pixels.dim() == 4 else pixels[None]
+
+
 def batch_pixels(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``pixel_values`` [N_images, 3, S, S] (every row's images, in row order) and ``images_per_row`` [B] (a
     text-only row: 1, its zero stand-in); one image per row gives exactly the stacked images [B, 3, S, S]."""
-    pixels = [p if p.dim() == 4 else p[None] for p in (s["pixel_values"] for s in samples)]
+    pixels = [image_stack(s["pixel_values"]) for s in samples]
     return torch.cat(pixels), torch.tensor([len(p) for p in pixels])

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from datamodules.instruction_images import image_stack
+from zoo.losses import IGNORE_INDEX
 
 
 def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -40,11 +41,9 @@ def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def _images(sample: dict[str, Any]) -> torch.Tensor:
-    """The sample's images [k, 3, S, S] (k = 0 for text only)."""
-    pixels = sample["pixel_values"]
-    if not sample["has_image"]:
-        return pixels.new_zeros((0, *pixels.shape[-3:]))
-    return pixels if pixels.dim() == 4 else pixels[None]
+    """The sample's images [k, 3, S, S] (k = 0 for text only: its zero stand-in is left out)."""
+    images = image_stack(sample["pixel_values"])
+    return images if sample["has_image"] else images[:0]
 
 
 @dataclasses.dataclass

@@ -72,15 +72,14 @@ def resolve(value: Any, outputs: dict[str, str], where: str) -> Any:
     return _REFERENCE.sub(output, value)
 
 
-def fit_step(name: str, spec: dict[str, Any], out: Path, fast: bool) -> str:
-    """``train.py fit`` of ``spec["config"]`` with ``spec["args"]``; the run goes to ``out/name``. Returns the last
-    checkpoint, or (``output: hf``) the exported transformers folder."""
+def fit_step(name: str, spec: dict[str, Any], out: Path, fast: bool) -> None:
+    """``train.py fit`` of ``spec["config"]`` with ``spec["args"]``; the run goes to ``out/name``, its last checkpoint
+    to ``out/name/last.ckpt`` and (``output: hf``) the exported transformers folder to ``out/name/hf``."""
     from callbacks.cli import main as cli_main
 
     overrides = {**spec.get("args", {}), **(FAST_DEV_RUN if fast else {})}
-    hf = out / name / "hf"
     if spec.get("output") == "hf":
-        overrides["model.init_args.export_dir"] = str(hf)
+        overrides["model.init_args.export_dir"] = str(out / name / "hf")
     args = ["--config", str(spec["config"]), "--trainer.default_root_dir", str(out / name)]
     args += ["--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", name]
     args += ["--trainer.enable_progress_bar", "false"]
@@ -88,9 +87,7 @@ def fit_step(name: str, spec: dict[str, Any], out: Path, fast: bool) -> str:
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     cli = cli_main(args, run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
-    checkpoint = out / name / "last.ckpt"
-    cli.trainer.save_checkpoint(checkpoint)
-    return str(hf if spec.get("output") == "hf" else checkpoint)
+    cli.trainer.save_checkpoint(out / name / "last.ckpt")
 
 
 def check_reuse(name: str, recorded: dict[str, Any], out: Path) -> None:
@@ -108,7 +105,9 @@ def run_step(name: str, spec: dict[str, Any], out: Path, fast: bool) -> str:
     """One step's output (reused when it already exists)."""
     if "fit" in spec:
         target = out / name / ("hf" if spec["fit"].get("output") == "hf" else "last.ckpt")
-        return str(target) if target.exists() else fit_step(name, spec["fit"], out, fast)
+        if not target.exists():
+            fit_step(name, spec["fit"], out, fast)
+        return str(target)
     if "export_open_clip" in spec:
         folder = out / name
         weights = folder / "open_clip_pytorch_model.bin"

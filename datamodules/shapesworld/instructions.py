@@ -75,13 +75,19 @@ def scene_and_captions(
 ) -> tuple[Scene | SmallObjectsScene, list[Description]]:
     """The scene of ``generate_sample(index, split, seed, image_size, max_objects)`` (with ``layout``: small-objects
     scene ``index``) and its short captions (the first is the primary one)."""
+    scene, rng = _scene(index, split, seed, image_size, max_objects, layout)
+    return scene, caption_descriptions(scene, rng)
+
+
+def _scene(
+    index: int, split: str, seed: int, image_size: int, max_objects: int, layout: SmallObjectsLayout | None
+) -> tuple[Scene | SmallObjectsScene, random.Random]:
+    """Scene ``index`` and its RNG, drawn as far as the scene (the captions draw from it next)."""
     if layout is not None:
         rng = small_objects_rng(index, split, seed)
-        scene = sample_small_objects_scene(rng, layout)
-    else:
-        rng = scene_rng(index, split, seed)
-        scene = sample_scene(rng, image_size, max_objects)
-    return scene, caption_descriptions(scene, rng)
+        return sample_small_objects_scene(rng, layout), rng
+    rng = scene_rng(index, split, seed)
+    return sample_scene(rng, image_size, max_objects), rng
 
 
 def scene_image(
@@ -93,7 +99,7 @@ def scene_image(
     layout: SmallObjectsLayout | None = None,
 ) -> Image.Image:
     """The image of scene ``index`` (``generate_sample``'s; with ``layout``: at the canvas's native size)."""
-    scene, _ = scene_and_captions(index, split, seed, image_size, max_objects, layout)
+    scene, _ = _scene(index, split, seed, image_size, max_objects, layout)  # no captions: the image only
     return render_small_objects(scene) if layout is not None else render_scene(scene)
 
 
